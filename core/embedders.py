@@ -1,0 +1,106 @@
+"""Sentence-transformers embeddings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from core.errors import EmbedderError
+from core.models import resolve_embedder
+from core.settings import EmbedderSettings
+
+
+class SentenceTransformerEmbedder:
+    """The ``Embedder`` protocol over a sentence-transformers model.
+
+    The constructor is cheap; the model loads on first use or in :meth:`warm_up`.
+
+    Example:
+        >>> embedder = SentenceTransformerEmbedder(EmbedderSettings())
+        >>> embedder.embed_query("how do I configure the database?").shape
+        (384,)
+    """
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self._settings = settings
+        self.name = settings.model.removeprefix("bundled:")
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the model now.
+
+        Raises:
+            EmbedderError: it cannot be found or loaded.
+        """
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            path = resolve_embedder(self._settings.model)
+            try:
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                self._model = SentenceTransformer(path, device=self._settings.device)
+            except Exception as e:
+                raise EmbedderError(
+                    f"could not load embedding model {self._settings.model!r} "
+                    f"({type(e).__name__}); set VERITY_EMBEDDER__MODEL to a local path or a "
+                    "Hugging Face id reachable from here"
+                ) from e
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        self.warm_up()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = getter()
+        if dim is None:
+            raise EmbedderError(f"model {self.name} does not report its embedding dimension")
+        return int(dim)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._encode(list(texts))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._encode([text])[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        try:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self._settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        except Exception as e:
+            raise EmbedderError(f"embedding failed: {type(e).__name__}: {e}") from e
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,151 @@
+"""The question-answering pipeline: retrieve, prompt, generate, check citations.
+
+Shared by the HTTP service, the ``verity ask`` command and the evaluation
+harness, so all three answer exactly the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from core.citations import check_citations
+from core.errors import GenerationError
+from core.prompts import PromptLibrary
+from core.protocols import Embedder, Generation, Generator
+from core.settings import RetrievalSettings
+from core.stores.pgvector_store import PgvectorStore
+from core.types import Answer, Citation, ScoredChunk
+
+ABSTAIN_TEXT = "The documents don't contain this."
+UNAVAILABLE_TEXT = "Generation is unavailable right now; the closest sources are listed."
+_DONT_KNOW = re.compile(r"\b(i\s+don'?t\s+know|not\s+in\s+the\s+(documents|sources))\b", re.I)
+
+@dataclass
+class Timer:
+    """Collects per-stage wall-clock milliseconds."""
+
+    timings: dict[str, float]
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+class _Stage:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self._timer, self._name = timer, name
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = (time.perf_counter() - self._start) * 1000
+        self._timer.timings[self._name] = round(elapsed, 2)
+
+class RagPipeline:
+    """Answers questions from one tenant's collections.
+
+    Example:
+        >>> rag = RagPipeline(store=store, embedder=embedder, generator=gen,
+        ...                   prompts=PromptLibrary.load(), settings=RetrievalSettings())
+        >>> rag.answer("how do I configure the database?", collection="default").text
+    """
+
+    def __init__(
+        self,
+        *,
+        store: PgvectorStore,
+        embedder: Embedder,
+        generator: Generator | None,
+        prompts: PromptLibrary,
+        settings: RetrievalSettings,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.generator = generator
+        self.prompts = prompts
+        self.settings = settings
+
+    def retrieve(
+        self, question: str, *, collection: str, top_k: int | None = None,
+        timer: Timer | None = None,
+    ) -> list[ScoredChunk]:
+        """The chunks most similar to the question, best first."""
+        timer = timer or Timer({})
+        with timer.stage("embed_ms"):
+            query = self.embedder.embed_query(question)
+        with timer.stage("search_ms"):
+            hits = self.store.search_dense(
+                collection=collection, query=query, top_k=top_k or self.settings.top_k,
+                mode=self.settings.dense_mode, oversample=self.settings.oversample,
+            )
+        return hits
+
+    def answer(self, question: str, *, collection: str, top_k: int | None = None) -> Answer:
+        """Retrieve, generate and check citations; abstain when nothing relevant is found."""
+        timer = Timer({})
+        started = time.perf_counter()
+        hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer)
+        sources = numbered_sources(h for h in hits if h.score >= self.settings.min_score)
+        closest = numbered_sources(hits)
+        if not sources:
+            return _finish(Answer(ABSTAIN_TEXT, "abstained", (), closest), timer, started)
+        try:
+            with timer.stage("generate_ms"):
+                generation = self._generate(question, sources)
+        except GenerationError:
+            return _finish(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), sources),
+                           timer, started)
+        answer = ground(generation, sources)
+        return _finish(answer, timer, started)
+
+    def stream_answer(
+        self, question: str, *, collection: str, top_k: int | None = None
+    ) -> tuple[list[Citation], Iterator[str]]:
+        """The sources, and the model's text deltas as they come."""
+        hits = self.retrieve(question, collection=collection, top_k=top_k)
+        sources = numbered_sources(h for h in hits if h.score >= self.settings.min_score)
+        if not sources or self.generator is None:
+            return sources, iter(())
+        return sources, self.generator.stream(self.messages(question, sources))
+
+    def messages(self, question: str, sources: list[Citation]) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.prompts.render("answer_system")},
+            {"role": "user", "content": self.prompts.render(
+                "answer_user", question=question,
+                sources=[{"n": s.n, "document": s.document, "text": s.text} for s in sources],
+            )},
+        ]
+
+    def _generate(self, question: str, sources: list[Citation]) -> Generation:
+        if self.generator is None:
+            raise GenerationError("no generator is configured")
+        return self.generator.generate(self.messages(question, sources))
+
+def numbered_sources(hits: Any) -> list[Citation]:
+    return [
+        Citation(n=i, document=h.source, chunk_id=h.chunk.id, text=h.chunk.text,
+                 page=h.chunk.page, heading=h.chunk.heading)
+        for i, h in enumerate(hits, start=1)
+    ]
+
+def ground(generation: Generation, sources: list[Citation]) -> Answer:
+    """Turn raw model text into an answer whose citations all point at given sources."""
+    usage = {"prompt_tokens": generation.prompt_tokens,
+             "completion_tokens": generation.completion_tokens}
+    if _DONT_KNOW.search(generation.text) and len(generation.text) < 200:
+        return Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources), usage=usage)
+    checked = check_citations(generation.text, n_sources=len(sources))
+    by_n = {s.n: s for s in sources}
+    citations = tuple(by_n[n] for n in checked.cited)
+    return Answer(checked.text, "answered", citations, tuple(sources),
+                  invalid_citations=checked.invalid, usage=usage)
+
+def _finish(answer: Answer, timer: Timer, started: float) -> Answer:
+    timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return Answer(answer.text, answer.status, answer.citations, answer.sources,
+                  answer.invalid_citations, dict(timer.timings), dict(answer.usage))
+

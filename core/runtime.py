@@ -1,0 +1,81 @@
+"""Assembling the backends from settings: one place that knows which class plays which role."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from core.embedders import SentenceTransformerEmbedder
+from core.generators import OpenAIChatGenerator
+from core.llama_server import LlamaCppServer
+from core.prompts import PromptLibrary
+from core.rag import RagPipeline
+from core.settings import Settings
+from core.stores.database import Database
+from core.stores.pgvector_store import PgvectorStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The live backends of one process."""
+
+    settings: Settings
+    db: Database
+    store: PgvectorStore
+    embedder: SentenceTransformerEmbedder
+    prompts: PromptLibrary
+    generator: OpenAIChatGenerator | None = None
+    llm_server: LlamaCppServer | None = None
+
+    def rag(self, *, tenant: str = "default") -> RagPipeline:
+        store = self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
+        return RagPipeline(store=store, embedder=self.embedder, generator=self.generator,
+                           prompts=self.prompts, settings=self.settings.retrieval)
+
+    def readiness(self) -> dict[str, bool]:
+        """Whether each backend answers now."""
+        return {
+            "database": self.db.ping(),
+            "embedder": self.embedder.loaded,
+            "generator": self.generator is not None and self.generator.health(),
+        }
+
+    @property
+    def generator_name(self) -> str:
+        if self.llm_server is not None:
+            return f"{self.llm_server.model_name} (local llama.cpp)"
+        if self.settings.llm.base_url:
+            return f"{self.settings.llm.model or 'default model'} at {self.settings.llm.base_url}"
+        return "none"
+
+
+def start_generator(settings: Settings, stack: ExitStack) -> tuple[OpenAIChatGenerator,
+                                                                    LlamaCppServer | None]:
+    """A generator for the configured server, starting the local one if none is configured."""
+    if settings.llm.base_url:
+        return OpenAIChatGenerator(settings.llm), None
+    server = LlamaCppServer(settings.llm, data_dir=settings.data_dir)
+    stack.enter_context(server)
+    log.info("local llama.cpp server on %s (pid %s)", server.base_url, server.pid)
+    llm = settings.llm.model_copy(update={"model": settings.llm.model or server.model_name})
+    return OpenAIChatGenerator(llm, base_url=server.base_url), server
+
+
+@contextmanager
+def open_runtime(settings: Settings, *, generator: bool = True) -> Iterator[Runtime]:
+    """Open the database, load prompts and (optionally) start the generator; close all on exit.
+
+    Raises:
+        RagError: any backend failed to start; what was started is stopped again.
+    """
+    with ExitStack() as stack:
+        prompts = PromptLibrary.load()
+        db = stack.enter_context(Database(settings.store, data_dir=settings.data_dir))
+        embedder = SentenceTransformerEmbedder(settings.embedder)
+        gen, server = start_generator(settings, stack) if generator else (None, None)
+        yield Runtime(settings=settings, db=db, store=PgvectorStore(db), embedder=embedder,
+                      prompts=prompts, generator=gen, llm_server=server)

@@ -1,0 +1,143 @@
+"""All configuration, in one pydantic-settings class.
+
+Only this module reads the environment. Library code receives the section it
+needs as a constructor argument; nothing imports a global settings object.
+
+Environment variables use the prefix ``VERITY_`` and ``__`` between nested
+names, e.g. ``VERITY_STORE__DSN`` or ``VERITY_LLM__BASE_URL``. A ``.env`` file
+in the working directory is read too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
+BUNDLED_GGUF = "bundled:qwen2.5-coder-0.5b-instruct-q4_k_m"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/verity``, or ``~/.local/share/verity``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "verity"
+
+
+class StoreSettings(BaseModel):
+    """PostgreSQL + pgvector. With no ``dsn``, an embedded server is started."""
+
+    dsn: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of an external database; unset = embedded Postgres",
+    )
+    pool_min_size: int = Field(default=1, ge=1)
+    pool_max_size: int = Field(default=8, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> StoreSettings:
+        if self.pool_max_size < self.pool_min_size:
+            raise ValueError("store.pool_max_size must be >= store.pool_min_size")
+        return self
+
+
+class EmbedderSettings(BaseModel):
+    """A sentence-transformers model: the bundled one, a Hugging Face id or a local path."""
+
+    model: str = BUNDLED_EMBEDDER
+    batch_size: int = Field(default=32, ge=1)
+    device: str | None = Field(default=None, description="cpu, cuda, ...; unset = auto")
+
+
+class ChunkingSettings(BaseModel):
+    """Token-aware splitting, counted with the embedder's own tokenizer."""
+
+    chunk_tokens: int = Field(default=200, ge=16)
+    overlap_tokens: int = Field(default=32, ge=0)
+    max_file_mb: float = Field(default=50.0, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
+        return self
+
+
+class LLMSettings(BaseModel):
+    """The generator: any OpenAI-compatible chat server.
+
+    With no ``base_url``, Verity starts the local llama.cpp server on the
+    bundled GGUF (or ``gguf_path``) on a free loopback port.
+    """
+
+    base_url: str | None = Field(default=None, description="e.g. http://vllm:8000/v1")
+    api_key: SecretStr = SecretStr("none")
+    model: str | None = Field(default=None, description="model name on the server; unset = first listed")
+    gguf_path: str = Field(default=BUNDLED_GGUF, description="GGUF for the local server")
+    context_tokens: int = Field(default=4096, ge=512)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    threads: int | None = Field(default=None, ge=1)
+    startup_timeout_s: float = Field(default=180.0, gt=0)
+
+
+class RetrievalSettings(BaseModel):
+    """How chunks are found for a question."""
+
+    top_k: int = Field(default=5, ge=1, le=100)
+    dense_mode: Literal["float", "binary-rescore"] = "float"
+    oversample: int = Field(default=10, ge=1, description="binary candidates = top_k x oversample")
+    min_score: float = Field(
+        default=0.15, description="cosine below which a chunk is not shown to the model"
+    )
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything Verity can be told. See docs/configuration.md for the table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VERITY_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    collection: str = Field(default="default", description="collection used when none is named")
+    store: StoreSettings = StoreSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    chunking: ChunkingSettings = ChunkingSettings()
+    llm: LLMSettings = LLMSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    server: ServerSettings = ServerSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        return validate_collection_name(value)
+
+
+def validate_collection_name(name: str) -> str:
+    """Collection names are 1-64 characters of letters, digits, ``-``, ``_`` and ``.``."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return name

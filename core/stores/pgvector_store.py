@@ -1,0 +1,184 @@
+"""Documents and chunks in PostgreSQL with pgvector.
+
+Each chunk keeps its float embedding as ``halfvec`` (for exact search and
+rescoring) and its sign bits as ``bit`` codes (for Hamming-distance candidate
+search through a per-collection HNSW index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector import Bit, HalfVector
+
+from core.errors import ConfigError, NotFoundError, StoreError
+from core.quantize import quantize_binary
+from core.stores import pgvector_sql as q
+from core.stores.database import Database
+from core.types import Chunk, CollectionStats, Document, ScoredChunk, document_id
+
+
+class PgvectorStore:
+    """The ``Store`` protocol over a :class:`Database`, scoped to one tenant.
+
+    Example:
+        >>> store = PgvectorStore(db)
+        >>> store.ensure_collection("docs", embed_model="all-MiniLM-L6-v2", embed_dim=384)
+        >>> store.search_dense(collection="docs", query=vector, top_k=5)
+    """
+
+    def __init__(self, db: Database, *, tenant: str = "default") -> None:
+        self._db = db
+        self.tenant = tenant
+
+    def ensure_collection(self, name: str, *, embed_model: str, embed_dim: int) -> None:
+        with self._db.pool.connection() as conn:
+            conn.execute(
+                q.UPSERT_COLLECTION,
+                {"tenant": self.tenant, "name": name, "embed_model": embed_model,
+                 "embed_dim": embed_dim},
+            )
+            cid, model, dim = self._collection(conn, name)
+            if (model, dim) != (embed_model, embed_dim):
+                raise ConfigError(
+                    f"collection {name!r} holds embeddings of {model} ({dim}-d), not "
+                    f"{embed_model} ({embed_dim}-d): use the same embedder, or ingest "
+                    "into a new collection"
+                )
+            conn.execute(q.create_binary_index(collection_id=cid, dim=dim))
+
+    def collection_model(self, name: str) -> tuple[str, int]:
+        """The embedding model and dimension a collection was built with.
+
+        Raises:
+            NotFoundError: no such collection.
+        """
+        with self._db.pool.connection() as conn:
+            _, model, dim = self._collection(conn, name)
+        return model, dim
+
+    def document_hash(self, *, collection: str, source: str) -> str | None:
+        with self._db.pool.connection() as conn:
+            row = conn.execute(
+                q.GET_DOCUMENT_HASH,
+                {"tenant": self.tenant, "collection": collection, "source": source},
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def write_document(
+        self,
+        *,
+        collection: str,
+        document: Document,
+        chunks: Sequence[Chunk],
+        embeddings: np.ndarray,
+    ) -> str:
+        if len(chunks) != len(embeddings):
+            raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+        doc_id = document_id(collection=self._key(collection), source=document.source)
+        bits = quantize_binary(embeddings)
+        try:
+            with self._db.pool.connection() as conn, conn.transaction():
+                cid, _, dim = self._collection(conn, collection)
+                if len(embeddings) and embeddings.shape[1] != dim:
+                    raise ConfigError(
+                        f"embeddings are {embeddings.shape[1]}-d; collection {collection!r} "
+                        f"is {dim}-d"
+                    )
+                conn.execute(q.UPSERT_DOCUMENT, {
+                    "id": doc_id, "collection_id": cid, "source": document.source,
+                    "title": document.title, "content_hash": document.content_hash,
+                    "metadata": json.dumps(document.metadata),
+                    "acl_groups": list(document.acl_groups), "chunk_count": len(chunks),
+                })
+                conn.execute(q.DELETE_CHUNKS_OF_DOCUMENT, {"id": doc_id})
+                with conn.cursor() as cur, cur.copy(q.COPY_CHUNKS) as copy:
+                    copy.set_types(q.COPY_CHUNK_TYPES)
+                    for chunk, vector, code in zip(chunks, embeddings, bits, strict=True):
+                        copy.write_row((
+                            chunk.id, doc_id, cid, chunk.ordinal, chunk.text, chunk.heading,
+                            chunk.page, chunk.token_count, HalfVector(vector),
+                            Bit(np.unpackbits(code)[:dim].astype(bool)),
+                        ))
+        except psycopg.Error as e:
+            raise StoreError(f"could not write {document.source}: {_first_line(e)}") from e
+        return doc_id
+
+    def delete_document(self, *, collection: str, source: str) -> bool:
+        with self._db.pool.connection() as conn:
+            cur = conn.execute(
+                q.DELETE_DOCUMENT,
+                {"tenant": self.tenant, "collection": collection, "source": source},
+            )
+            return cur.rowcount > 0
+
+    def list_sources(self, *, collection: str) -> list[str]:
+        with self._db.pool.connection() as conn:
+            rows = conn.execute(
+                q.LIST_SOURCES, {"tenant": self.tenant, "collection": collection}
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def search_dense(
+        self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
+        oversample: int = 10,
+    ) -> list[ScoredChunk]:
+        """Nearest chunks by cosine similarity; ``mode`` is ``float`` or ``binary-rescore``."""
+        with self._db.pool.connection() as conn:
+            cid, _, dim = self._collection(conn, collection)
+            if query.shape[-1] != dim:
+                raise ConfigError(
+                    f"query embedding is {query.shape[-1]}-d; collection {collection!r} is "
+                    f"{dim}-d: query with the model the collection was built with"
+                )
+            params: dict[str, Any] = {"query": HalfVector(query), "top_k": top_k,
+                                      "collection_id": cid}
+            if mode == "float":
+                rows = conn.execute(q.SEARCH_FLOAT, params).fetchall()
+            elif mode == "binary-rescore":
+                params["query_bits"] = Bit(query > 0)
+                params["candidates"] = top_k * oversample
+                conn.execute(q.set_ef_search(max(40, top_k * oversample)))
+                rows = conn.execute(
+                    q.search_binary_rescore(collection_id=cid, dim=dim), params
+                ).fetchall()
+            else:
+                raise ValueError(f"unknown dense mode {mode!r}; use 'float' or 'binary-rescore'")
+        return [_scored(row, stage=f"dense_{mode}") for row in rows]
+
+    def stats(self) -> list[CollectionStats]:
+        with self._db.pool.connection() as conn:
+            rows = conn.execute(q.STATS, {"tenant": self.tenant}).fetchall()
+        return [
+            CollectionStats(name=r[0], embed_model=r[1], embed_dim=r[2], documents=int(r[3]),
+                            chunks=int(r[4]))
+            for r in rows
+        ]
+
+    def _key(self, collection: str) -> str:
+        return f"{self.tenant}/{collection}"
+
+    def _collection(self, conn: psycopg.Connection[Any], name: str) -> tuple[int, str, int]:
+        row = conn.execute(q.GET_COLLECTION, {"tenant": self.tenant, "name": name}).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"collection {name!r} does not exist; ingest documents into it first"
+            )
+        return int(row[0]), str(row[1]), int(row[2])
+
+
+def _scored(row: tuple[Any, ...], *, stage: str) -> ScoredChunk:
+    chunk = Chunk(id=row[0], document_id=row[1], ordinal=row[2], text=row[3], heading=row[4],
+                  page=row[5], token_count=row[6])
+    score = float(row[9])
+    return ScoredChunk(chunk=chunk, score=score, source=row[7], title=row[8],
+                       scores={stage: score})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,111 @@
+"""Domain types shared by ingest, service and eval.
+
+Plain frozen dataclasses: no FastAPI, psycopg or torch here. HTTP wire models
+live in ``service/protocol.py`` and are converted at the edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AnswerStatus = Literal["answered", "abstained", "generation_unavailable"]
+
+
+def document_id(*, collection: str, source: str) -> str:
+    """A stable id for a document: the same source in the same collection always maps to it.
+
+    Stable ids make re-ingestion idempotent and let a killed run resume into
+    exactly the rows a clean run would have written.
+    """
+    digest = hashlib.sha256(f"{collection}\x00{source}".encode()).hexdigest()
+    return digest[:20]
+
+
+def chunk_id(doc_id: str, ordinal: int) -> str:
+    """A stable id for the ``ordinal``-th chunk of a document."""
+    return f"{doc_id}-{ordinal:05d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A run of a document's text that shares one heading path and one page."""
+
+    text: str
+    heading: str = ""
+    page: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A loaded source file (or record) before splitting."""
+
+    source: str
+    title: str
+    sections: tuple[Section, ...]
+    content_hash: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    acl_groups: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One retrievable piece of a document."""
+
+    id: str
+    document_id: str
+    ordinal: int
+    text: str
+    heading: str = ""
+    page: int | None = None
+    token_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredChunk:
+    """A chunk with the score it was retrieved by and where it came from."""
+
+    chunk: Chunk
+    score: float
+    source: str
+    title: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """A numbered source the answer cites with ``[n]``."""
+
+    n: int
+    document: str
+    chunk_id: str
+    text: str
+    page: int | None = None
+    heading: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a question gets back."""
+
+    text: str
+    status: AnswerStatus
+    citations: tuple[Citation, ...]
+    sources: tuple[Citation, ...]
+    invalid_citations: tuple[int, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStats:
+    name: str
+    documents: int
+    chunks: int
+    embed_model: str | None
+    embed_dim: int | None

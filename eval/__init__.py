@@ -1,0 +1,1 @@
+"""The evaluation harness. Uses ``core`` or the HTTP API only."""

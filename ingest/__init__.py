@@ -1,0 +1,1 @@
+"""Ingestion: load -> split -> embed -> quantize -> write. Never imports ``service``."""

@@ -1,0 +1,185 @@
+"""The ingestion pipeline: discover files, load, split, embed, write.
+
+Per document it is all or nothing: a document's row and all its chunks are
+written in one transaction, and a document whose content hash is already
+stored is skipped. So a run killed at any point and started again ends with
+exactly the rows a clean run gives.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.embedders import SentenceTransformerEmbedder
+from core.errors import LoaderError, RagError
+from core.settings import ChunkingSettings
+from core.stores.pgvector_store import PgvectorStore
+from core.types import document_id
+from ingest.loaders import LOADERS, load_file
+from ingest.splitter import TokenSplitter, embedding_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What a run did, document by document."""
+
+    collection: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    chunks_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["failed"] = [{"source": s, "reason": r} for s, r in self.failed]
+        return data
+
+    def summary(self) -> str:
+        return (f"{self.collection}: {len(self.added)} added, {len(self.updated)} updated, "
+                f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, "
+                f"{len(self.failed)} failed; {self.chunks_written} chunks written "
+                f"in {self.seconds:.1f}s")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    source: str
+
+
+def discover(
+    paths: Sequence[Path], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+    """Files under ``paths`` (recursively) with a known suffix, plus paths that could not be read.
+
+    A file's source name is its path relative to the parent of the argument it
+    was found under (``docs/api.md`` for ``verity ingest ./docs``), so the name
+    does not depend on the working directory.
+    """
+    found: dict[str, SourceFile] = {}
+    problems: list[tuple[str, str]] = []
+    for root in paths:
+        if not root.exists():
+            problems.append((str(root), "no such file or directory"))
+            continue
+        base = root.resolve().parent
+        candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in candidates:
+            source = path.resolve().relative_to(base).as_posix()
+            if not _selected(source, include=include, exclude=exclude, explicit=path == root):
+                continue
+            found.setdefault(source, SourceFile(path, source))
+    return list(found.values()), problems
+
+
+def _selected(source: str, *, include: Sequence[str], exclude: Sequence[str], explicit: bool) -> bool:
+    if any(fnmatch.fnmatch(source, pat) for pat in exclude):
+        return False
+    if include:
+        return any(fnmatch.fnmatch(source, pat) for pat in include)
+    if any(part.startswith(".") for part in source.split("/")):
+        return False
+    return explicit or Path(source).suffix.lower() in LOADERS
+
+
+Progress = Callable[[str, int], None]
+
+
+class IngestPipeline:
+    """Loads files into one collection.
+
+    Example:
+        >>> pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
+        >>> report = pipeline.run([Path("docs")], collection="default")
+    """
+
+    def __init__(
+        self, *, store: PgvectorStore, embedder: SentenceTransformerEmbedder,
+        chunking: ChunkingSettings,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunking = chunking
+        self._splitter: TokenSplitter | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Settings that change the stored chunks; part of every content hash."""
+        c = self.chunking
+        return f"{self.embedder.name}|{c.chunk_tokens}|{c.overlap_tokens}|v1"
+
+    @property
+    def splitter(self) -> TokenSplitter:
+        if self._splitter is None:
+            self._splitter = TokenSplitter(self.embedder.tokenizer,
+                                           chunk_tokens=self.chunking.chunk_tokens,
+                                           overlap_tokens=self.chunking.overlap_tokens)
+        return self._splitter
+
+    def run(
+        self, paths: Sequence[Path], *, collection: str, sync: bool = False,
+        include: Sequence[str] = (), exclude: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Ingest every file under ``paths``; with ``sync``, delete documents whose file is gone."""
+        started = time.perf_counter()
+        report = IngestReport(collection=collection)
+        files, problems = discover(paths, include=include, exclude=exclude)
+        report.failed.extend(problems)
+        self.store.ensure_collection(collection, embed_model=self.embedder.name,
+                                     embed_dim=self.embedder.dim)
+        for file in files:
+            self._ingest_one(file, collection=collection, report=report)
+            if progress:
+                progress(file.source, report.chunks_written)
+        if sync and not problems:
+            self._remove_missing(collection, {f.source for f in files}, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_one(self, file: SourceFile, *, collection: str, report: IngestReport) -> None:
+        try:
+            document = load_file(file.path, source=file.source,
+                                 max_bytes=int(self.chunking.max_file_mb * 1e6),
+                                 fingerprint=self.fingerprint)
+        except LoaderError as e:
+            report.failed.append((file.source, str(e)))
+            log.warning("skipped %s: %s", file.source, e)
+            return
+        stored = self.store.document_hash(collection=collection, source=file.source)
+        if stored == document.content_hash:
+            report.unchanged.append(file.source)
+            return
+        doc_id = document_id(collection=f"{self.store.tenant}/{collection}", source=file.source)
+        chunks = self.splitter.split(document, doc_id=doc_id)
+        vectors = self.embedder.embed_documents(
+            [embedding_text(c, title=document.title) for c in chunks])
+        try:
+            self.store.write_document(collection=collection, document=document, chunks=chunks,
+                                      embeddings=vectors)
+        except RagError as e:
+            report.failed.append((file.source, str(e)))
+            return
+        (report.added if stored is None else report.updated).append(file.source)
+        report.chunks_written += len(chunks)
+
+    def _remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
+        for source in self.store.list_sources(collection=collection):
+            if source not in present and self.store.delete_document(collection=collection,
+                                                                     source=source):
+                report.removed.append(source)
+

@@ -1,0 +1,64 @@
+"""One error schema for every failure: ``{"error": {"type", "message"}}``.
+
+Messages of our own errors are written for users; anything unexpected is
+logged with its traceback and the client gets a generic message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import (
+    ConfigError,
+    EmbedderError,
+    GenerationError,
+    NotFoundError,
+    RagError,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[RagError], int, str]] = [
+    (NotFoundError, 404, "not_found"),
+    (ConfigError, 400, "invalid_request"),
+    (StoreError, 503, "store_unavailable"),
+    (EmbedderError, 503, "embedder_unavailable"),
+    (GenerationError, 503, "generation_unavailable"),
+]
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RagError)
+    async def _rag(_: Request, exc: RagError) -> JSONResponse:
+        for cls, status, kind in _STATUS:
+            if isinstance(exc, cls):
+                return error_response(status, kind, str(exc))
+        return error_response(500, "internal_error", "internal error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        )
+        return error_response(422, "invalid_request", problems or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "http_error"
+        return error_response(exc.status_code, kind, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,83 @@
+"""Session fixtures over real components: the embedded Postgres, the bundled embedder
+and the local llama.cpp server on the bundled model. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never read the developer's own configuration.
+for _key in [k for k in os.environ if k.startswith("VERITY_")]:
+    del os.environ[_key]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from core.embedders import SentenceTransformerEmbedder  # noqa: E402
+from core.generators import OpenAIChatGenerator  # noqa: E402
+from core.llama_server import LlamaCppServer  # noqa: E402
+from core.prompts import PromptLibrary  # noqa: E402
+from core.runtime import Runtime  # noqa: E402
+from core.settings import EmbedderSettings, LLMSettings, Settings, StoreSettings  # noqa: E402
+from core.stores.database import Database  # noqa: E402
+from core.stores.pgvector_store import PgvectorStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verity-data")
+
+
+@pytest.fixture(scope="session")
+def database(data_dir: Path) -> Iterator[Database]:
+    db = Database(StoreSettings(), data_dir=data_dir).open()
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def store(database: Database) -> PgvectorStore:
+    return PgvectorStore(database)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    e = SentenceTransformerEmbedder(EmbedderSettings())
+    e.warm_up()
+    return e
+
+
+@pytest.fixture(scope="session")
+def llm_server(data_dir: Path) -> Iterator[LlamaCppServer]:
+    with LlamaCppServer(LLMSettings(), data_dir=data_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def generator(llm_server: LlamaCppServer) -> OpenAIChatGenerator:
+    return OpenAIChatGenerator(LLMSettings(model=llm_server.model_name),
+                               base_url=llm_server.base_url)
+
+
+@pytest.fixture(scope="session")
+def runtime(data_dir: Path, database: Database, store: PgvectorStore,
+            embedder: SentenceTransformerEmbedder, generator: OpenAIChatGenerator,
+            llm_server: LlamaCppServer) -> Runtime:
+    return Runtime(settings=make_settings(data_dir), db=database, store=store, embedder=embedder,
+                   prompts=PromptLibrary.load(), generator=generator, llm_server=llm_server)
+
+
+@pytest.fixture
+def collection() -> str:
+    """A fresh collection name, so tests never see each other's documents."""
+    return f"t-{uuid.uuid4().hex[:10]}"

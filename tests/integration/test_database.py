@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from core.errors import StoreError
+from core.settings import StoreSettings
+from core.stores.database import Database, apply_migrations, migration_files
+
+pytestmark = pytest.mark.integration
+
+
+def test_migrations_are_recorded_once(database: Database) -> None:
+    assert apply_migrations(database.conninfo) == []  # all applied at open
+    with psycopg.connect(database.conninfo) as conn:
+        rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        extension = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                                 ).fetchone()
+    assert [(v, n) for v, n, _ in migration_files()] == rows
+    assert extension is not None
+
+
+def test_pgvector_binary_features_work(database: Database) -> None:
+    with psycopg.connect(database.conninfo) as conn:
+        row = conn.execute(
+            "SELECT binary_quantize('[1,-2,3]'::halfvec)::text, "
+            "'101'::bit(3) <~> '111'::bit(3)").fetchone()
+    assert row == ("101", 1.0)
+
+
+def test_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
+    settings = StoreSettings(dsn=SecretStr("postgresql://verity:secret@127.0.0.1:1/verity"),
+                             connect_timeout_s=2)
+    with pytest.raises(StoreError) as info:
+        Database(settings, data_dir=tmp_path).open()
+    message = str(info.value)
+    assert "cannot connect to the database" in message and "VERITY_STORE__DSN" in message
+    assert "secret" not in message and "\n" not in message

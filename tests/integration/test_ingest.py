@@ -1,0 +1,102 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.embedders import SentenceTransformerEmbedder
+from core.settings import ChunkingSettings
+from core.stores.pgvector_store import PgvectorStore
+from ingest.pipeline import IngestPipeline, discover
+from tests.conftest import DOCS
+from tests.helpers import make_pdf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pipeline(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> IngestPipeline:
+    return IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    shutil.copytree(DOCS, root)
+    return root
+
+
+def _count(store: PgvectorStore, collection: str) -> tuple[int, int]:
+    [s] = [s for s in store.stats() if s.name == collection]
+    return s.documents, s.chunks
+
+
+def test_ingest_is_idempotent_and_tracks_changes(
+    pipeline: IngestPipeline, store: PgvectorStore, corpus: Path, collection: str
+) -> None:
+    first = pipeline.run([corpus], collection=collection)
+    n_files = len(list(corpus.glob("*.md")))
+    assert first.ok and len(first.added) == n_files and first.chunks_written > n_files
+    assert "docs/configuration.md" in first.added
+    assert _count(store, collection) == (n_files, first.chunks_written)
+
+    again = pipeline.run([corpus], collection=collection)
+    assert again.chunks_written == 0 and len(again.unchanged) == n_files
+
+    (corpus / "api.md").write_text("# API\nOnly one endpoint now.\n")
+    changed = pipeline.run([corpus], collection=collection)
+    assert changed.updated == ["docs/api.md"] and changed.chunks_written == 1
+
+    (corpus / "architecture.md").unlink()
+    synced = pipeline.run([corpus], collection=collection, sync=True)
+    assert synced.removed == ["docs/architecture.md"]
+    assert _count(store, collection)[0] == n_files - 1
+
+
+def test_broken_files_are_skipped_and_reported(
+    pipeline: IngestPipeline, store: PgvectorStore, tmp_path: Path, collection: str
+) -> None:
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "good.md").write_text("# Good\nThe launch code is 7-alpha.\n")
+    (root / "report.pdf").write_bytes(make_pdf(["Quarterly revenue rose."]))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "junk.txt").write_bytes(b"\x00\xff\x00binary")
+    (root / "corrupt.pdf").write_bytes(b"%PDF-1.7 truncated")
+    (root / "latin1.txt").write_bytes("na\u00efve".encode("latin-1"))
+    report = pipeline.run([root, tmp_path / "missing"], collection=collection)
+    assert sorted(report.added) == ["mixed/good.md", "mixed/report.pdf"]
+    failed = dict(report.failed)
+    assert set(failed) == {"mixed/empty.txt", "mixed/junk.txt", "mixed/corrupt.pdf",
+                           "mixed/latin1.txt", str(tmp_path / "missing")}
+    assert not report.ok
+    hits = store.search_dense(collection=collection,
+                              query=pipeline.embedder.embed_query("revenue"), top_k=1)
+    assert hits[0].source == "mixed/report.pdf" and hits[0].chunk.page == 1
+
+
+def test_discover_names_sources_by_their_root(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("a")
+    (root / "sub" / "b.txt").write_text("b")
+    (root / "sub" / "c.bin").write_text("c")
+    (root / ".hidden.md").write_text("h")
+    files, problems = discover([root])
+    assert sorted(f.source for f in files) == ["kb/a.md", "kb/sub/b.txt"]
+    files, _ = discover([root], exclude=["kb/sub/*"])
+    assert [f.source for f in files] == ["kb/a.md"]
+    assert problems == []
+
+
+def test_chunks_respect_the_token_budget(
+    pipeline: IngestPipeline, embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    p = tmp_path / "long.txt"
+    p.write_text(" ".join(f"word{i}" for i in range(3000)))
+    from ingest.loaders import load_file
+
+    doc = load_file(p, source="long.txt", max_bytes=10**7)
+    chunks = pipeline.splitter.split(doc, doc_id="x")
+    assert len(chunks) > 5
+    assert max(c.token_count for c in chunks) <= ChunkingSettings().chunk_tokens
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))

@@ -1,0 +1,18 @@
+"""service/ and ingest/ never import each other (import-linter checks this too, in make lint)."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("service.app", "ingest"), ("ingest.pipeline", "service"), ("core.runtime", "ingest"),
+])
+def test_module_does_not_pull_in(module: str, forbidden: str) -> None:
+    code = (f"import sys, {module}; bad = [m for m in sys.modules if m == {forbidden!r} "
+            f"or m.startswith({forbidden!r} + '.')]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

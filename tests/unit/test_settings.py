@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VERITY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VERITY_STORE__DSN", "postgresql://u:p@db:5432/v")
+    monkeypatch.setenv("VERITY_LLM__BASE_URL", "http://vllm:8000/v1")
+    monkeypatch.setenv("VERITY_RETRIEVAL__TOP_K", "7")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.data_dir == tmp_path
+    assert s.store.dsn is not None and s.store.dsn.get_secret_value().endswith("/v")
+    assert s.llm.base_url == "http://vllm:8000/v1"
+    assert s.retrieval.top_k == 7
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("VERITY_CHUNKING__CHUNK_TOKENS=123\nVERITY_COLLECTION=handbook\n")
+    s = Settings(_env_file=env)  # type: ignore[call-arg]
+    assert s.chunking.chunk_tokens == 123
+    assert s.collection == "handbook"
+
+
+def test_secrets_do_not_leak_into_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERITY_STORE__DSN", "postgresql://u:hunter2@db/v")
+    assert "hunter2" not in repr(Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("VERITY_CHUNKING__OVERLAP_TOKENS", "500"), ("VERITY_COLLECTION", "bad name!"),
+     ("VERITY_SERVER__PORT", "70000")],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
