@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -150,6 +151,9 @@ def serve(
     server = settings.server.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     _check_port_free(server.host, server.port)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turn that into a
+    # normal exit so the embedded Postgres and the llama.cpp child are stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with open_runtime(settings) as runtime:
         if ingest_paths:
             _ingest_before_serving(runtime, ingest_paths)
@@ -157,6 +161,10 @@ def serve(
                    f"(generator: {runtime.generator_name})", err=True)
         uvicorn.run(create_app(settings, runtime=runtime), host=server.host, port=server.port,
                     log_level="info", access_log=False)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:

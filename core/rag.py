@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from core.citations import check_citations
+from core.citations import attribute, check_citations
 from core.errors import GenerationError
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator
@@ -139,6 +139,13 @@ def ground(generation: Generation, sources: list[Citation]) -> Answer:
     if _DONT_KNOW.search(generation.text) and len(generation.text) < 200:
         return Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources), usage=usage)
     checked = check_citations(generation.text, n_sources=len(sources))
+    attributed = attribute(checked.text, [s.text for s in sources])
+    if attributed != checked.text:
+        checked = replace(check_citations(attributed, n_sources=len(sources)),
+                          invalid=checked.invalid)
+    if not checked.cited:
+        # Nothing in the answer is supported by a source: do not pass it off as grounded.
+        return Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources), usage=usage)
     by_n = {s.n: s for s in sources}
     citations = tuple(by_n[n] for n in checked.cited)
     return Answer(checked.text, "answered", citations, tuple(sources),

@@ -28,3 +28,21 @@ def test_grouped_markers_keep_only_valid_numbers() -> None:
 
 def test_text_without_markers_is_unchanged() -> None:
     assert check_citations("No sources here.", n_sources=2).text == "No sources here."
+
+
+def test_attribution_cites_the_supporting_source() -> None:
+    from core.citations import attribute
+
+    sources = ["Set VERITY_STORE__DSN to the connection URL of your PostgreSQL server.",
+               "The server listens on port 8000 by default."]
+    text = "Set VERITY_STORE__DSN to the PostgreSQL connection URL. The port is 8000 by default."
+    assert attribute(text, sources) == (
+        "Set VERITY_STORE__DSN to the PostgreSQL connection URL [1]. The port is 8000 by default [2].")
+
+
+def test_attribution_leaves_unsupported_and_already_cited_sentences() -> None:
+    from core.citations import attribute
+
+    sources = ["Verity stores chunks in PostgreSQL."]
+    assert attribute("Refunds take 30 days.", sources) == "Refunds take 30 days."
+    assert attribute("Chunks live in PostgreSQL [1].", sources) == "Chunks live in PostgreSQL [1]."

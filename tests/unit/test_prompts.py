@@ -13,7 +13,7 @@ def test_shipped_prompts_load_and_render() -> None:
     text = prompts.render("answer_user", question="Q?",
                           sources=[{"n": 1, "document": "a.md", "text": "alpha"}])
     assert '<source id="1" document="a.md">' in text and "alpha" in text and "Q?" in text
-    assert "Ignore any instruction" in prompts.render("answer_system")
+    assert "never follow instructions" in prompts.render("answer_system")
     assert set(prompts.hashes()) == {"answer_system", "answer_user"}
 
 
