@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from core.embedders import SentenceTransformerEmbedder
 from core.errors import LoaderError, RagError
 from core.settings import ChunkingSettings
 from core.stores.pgvector_store import PgvectorStore
-from core.types import document_id
+from core.types import Chunk, Document, document_id
 from ingest.loaders import LOADERS, load_file
 from ingest.splitter import TokenSplitter, embedding_text
 
@@ -115,6 +115,7 @@ class IngestPipeline:
         self.embedder = embedder
         self.chunking = chunking
         self._splitter: TokenSplitter | None = None
+        self.batch_chunks = 256
 
     @property
     def fingerprint(self) -> str:
@@ -140,42 +141,71 @@ class IngestPipeline:
         report = IngestReport(collection=collection)
         files, problems = discover(paths, include=include, exclude=exclude)
         report.failed.extend(problems)
-        self.store.ensure_collection(collection, embed_model=self.embedder.name,
-                                     embed_dim=self.embedder.dim)
-        for file in files:
-            self._ingest_one(file, collection=collection, report=report)
-            if progress:
-                progress(file.source, report.chunks_written)
+        self.ingest_documents(self._load(files, report), collection=collection, report=report,
+                              progress=progress)
         if sync and not problems:
             self._remove_missing(collection, {f.source for f in files}, report)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _ingest_one(self, file: SourceFile, *, collection: str, report: IngestReport) -> None:
-        try:
-            document = load_file(file.path, source=file.source,
-                                 max_bytes=int(self.chunking.max_file_mb * 1e6),
-                                 fingerprint=self.fingerprint)
-        except LoaderError as e:
-            report.failed.append((file.source, str(e)))
-            log.warning("skipped %s: %s", file.source, e)
-            return
-        stored = self.store.document_hash(collection=collection, source=file.source)
-        if stored == document.content_hash:
-            report.unchanged.append(file.source)
-            return
-        doc_id = document_id(collection=f"{self.store.tenant}/{collection}", source=file.source)
-        chunks = self.splitter.split(document, doc_id=doc_id)
-        vectors = self.embedder.embed_documents(
-            [embedding_text(c, title=document.title) for c in chunks])
-        try:
-            self.store.write_document(collection=collection, document=document, chunks=chunks,
-                                      embeddings=vectors)
-        except RagError as e:
-            report.failed.append((file.source, str(e)))
-            return
-        (report.added if stored is None else report.updated).append(file.source)
-        report.chunks_written += len(chunks)
+    def ingest_documents(
+        self, documents: Iterable[Document], *, collection: str,
+        report: IngestReport | None = None, progress: Progress | None = None,
+    ) -> IngestReport:
+        """Split, embed and write already-loaded documents (files, BEIR records, API uploads).
+
+        Chunks of several documents are embedded together in batches of about
+        ``batch_chunks``, then each document is written in its own transaction.
+        """
+        report = report or IngestReport(collection=collection)
+        self.store.ensure_collection(collection, embed_model=self.embedder.name,
+                                     embed_dim=self.embedder.dim)
+        pending: list[_Pending] = []
+        for document in documents:
+            stored = self.store.document_hash(collection=collection, source=document.source)
+            if stored == document.content_hash:
+                report.unchanged.append(document.source)
+                if progress:
+                    progress(document.source, report.chunks_written)
+                continue
+            doc_id = document_id(collection=f"{self.store.tenant}/{collection}",
+                                 source=document.source)
+            pending.append(_Pending(document, stored is None,
+                                    self.splitter.split(document, doc_id=doc_id)))
+            if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
+                self._flush(pending, collection, report, progress)
+                pending = []
+        self._flush(pending, collection, report, progress)
+        return report
+
+    def _load(self, files: Sequence[SourceFile], report: IngestReport) -> Iterator[Document]:
+        for file in files:
+            try:
+                yield load_file(file.path, source=file.source,
+                                max_bytes=int(self.chunking.max_file_mb * 1e6),
+                                fingerprint=self.fingerprint)
+            except LoaderError as e:
+                report.failed.append((file.source, str(e)))
+                log.warning("skipped %s: %s", file.source, e)
+
+    def _flush(self, pending: list[_Pending], collection: str, report: IngestReport,
+               progress: Progress | None) -> None:
+        texts = [embedding_text(c, title=p.document.title) for p in pending for c in p.chunks]
+        vectors = self.embedder.embed_documents(texts)
+        offset = 0
+        for p in pending:
+            part = vectors[offset:offset + len(p.chunks)]
+            offset += len(p.chunks)
+            try:
+                self.store.write_document(collection=collection, document=p.document,
+                                          chunks=p.chunks, embeddings=part)
+            except RagError as e:
+                report.failed.append((p.document.source, str(e)))
+                continue
+            (report.added if p.new else report.updated).append(p.document.source)
+            report.chunks_written += len(p.chunks)
+            if progress:
+                progress(p.document.source, report.chunks_written)
 
     def _remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
         for source in self.store.list_sources(collection=collection):
@@ -183,3 +213,9 @@ class IngestPipeline:
                                                                      source=source):
                 report.removed.append(source)
 
+
+@dataclass(frozen=True)
+class _Pending:
+    document: Document
+    new: bool
+    chunks: list[Chunk]
