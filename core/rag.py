@@ -14,6 +14,7 @@ from typing import Any
 
 from core.citations import attribute, check_citations
 from core.errors import GenerationError
+from core.fusion import fuse
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator
 from core.settings import RetrievalSettings
@@ -70,33 +71,63 @@ class RagPipeline:
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
-        timer: Timer | None = None,
+        timer: Timer | None = None, settings: RetrievalSettings | None = None,
     ) -> list[ScoredChunk]:
-        """The chunks most similar to the question, best first."""
-        timer = timer or Timer({})
-        with timer.stage("embed_ms"):
-            query = self.embedder.embed_query(question)
-        with timer.stage("search_ms"):
-            hits = self.store.search_dense(
-                collection=collection, query=query, top_k=top_k or self.settings.top_k,
-                mode=self.settings.dense_mode, oversample=self.settings.oversample,
-            )
-        return hits
+        """The chunks most relevant to the question, best first (dense, BM25 or both fused).
 
-    def answer(self, question: str, *, collection: str, top_k: int | None = None) -> Answer:
+        Every hit carries its per-stage scores in ``scores`` (``dense_float``,
+        ``bm25``, ``rrf`` ...); a hybrid hit found by one retriever only lacks the other's.
+        """
+        cfg = settings or self.settings
+        timer = timer or Timer({})
+        k = top_k or cfg.top_k
+        pool = max(k, cfg.candidates) if cfg.mode == "hybrid" else k
+        dense: list[ScoredChunk] = []
+        lexical: list[ScoredChunk] = []
+        if cfg.mode in ("dense", "hybrid"):
+            with timer.stage("embed_ms"):
+                query = self.embedder.embed_query(question)
+            with timer.stage("dense_ms"):
+                dense = self.store.search_dense(collection=collection, query=query, top_k=pool,
+                                                mode=cfg.dense_mode, oversample=cfg.oversample)
+        if cfg.mode in ("bm25", "hybrid"):
+            with timer.stage("bm25_ms"):
+                lexical = self.store.search_lexical(collection=collection, query=question,
+                                                    top_k=pool, k1=cfg.bm25_k1, b=cfg.bm25_b)
+        if cfg.mode == "dense":
+            return dense
+        if cfg.mode == "bm25":
+            return lexical
+        with timer.stage("fusion_ms"):
+            return fuse([dense, lexical], method=cfg.fusion, dense_weight=cfg.dense_weight,
+                        rrf_k=cfg.rrf_k, top_k=k)
+
+    def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str) -> bool:
+        """Whether anything relevant was found: the best dense cosine reaches ``min_score``."""
+        dense = [h.scores[key] for h in hits for key in h.scores if key.startswith("dense")]
+        if not dense:
+            query = self.embedder.embed_query(question)
+            top = self.store.search_dense(collection=collection, query=query, top_k=1)
+            dense = [h.score for h in top]
+        return bool(dense) and max(dense) >= self.settings.min_score
+
+    def answer(
+        self, question: str, *, collection: str, top_k: int | None = None,
+        settings: RetrievalSettings | None = None,
+    ) -> Answer:
         """Retrieve, generate and check citations; abstain when nothing relevant is found."""
         timer = Timer({})
         started = time.perf_counter()
-        hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer)
-        sources = numbered_sources(h for h in hits if h.score >= self.settings.min_score)
-        closest = numbered_sources(hits)
-        if not sources:
-            return _finish(Answer(ABSTAIN_TEXT, "abstained", (), closest), timer, started)
+        hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer,
+                             settings=settings)
+        sources = numbered_sources(hits)
+        if not hits or not self.relevant(hits, question=question, collection=collection):
+            return _finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)), timer, started)
         try:
             with timer.stage("generate_ms"):
                 generation = self._generate(question, sources)
         except GenerationError:
-            return _finish(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), sources),
+            return _finish(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)),
                            timer, started)
         answer = ground(generation, sources)
         return _finish(answer, timer, started)
@@ -106,8 +137,8 @@ class RagPipeline:
     ) -> tuple[list[Citation], Iterator[str]]:
         """The sources, and the model's text deltas as they come."""
         hits = self.retrieve(question, collection=collection, top_k=top_k)
-        sources = numbered_sources(h for h in hits if h.score >= self.settings.min_score)
-        if not sources or self.generator is None:
+        sources = numbered_sources(hits)
+        if not self.relevant(hits, question=question, collection=collection) or not self.generator:
             return sources, iter(())
         return sources, self.generator.stream(self.messages(question, sources))
 

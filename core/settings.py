@@ -90,10 +90,18 @@ class RetrievalSettings(BaseModel):
     """How chunks are found for a question."""
 
     top_k: int = Field(default=5, ge=1, le=100)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    candidates: int = Field(default=50, ge=1, le=1000, description="per retriever, before fusion")
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="weighted fusion only")
+    bm25_k1: float = Field(default=0.9, gt=0)
+    bm25_b: float = Field(default=0.4, ge=0, le=1)
     dense_mode: Literal["float", "binary-rescore"] = "float"
     oversample: int = Field(default=10, ge=1, description="binary candidates = top_k x oversample")
     min_score: float = Field(
-        default=0.15, description="cosine below which a chunk is not shown to the model"
+        default=0.15,
+        description="if the best dense cosine is below this, nothing relevant was found",
     )
 
 

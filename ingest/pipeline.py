@@ -121,7 +121,7 @@ class IngestPipeline:
     def fingerprint(self) -> str:
         """Settings that change the stored chunks; part of every content hash."""
         c = self.chunking
-        return f"{self.embedder.name}|{c.chunk_tokens}|{c.overlap_tokens}|v1"
+        return f"{self.embedder.name}|{c.chunk_tokens}|{c.overlap_tokens}|v2"
 
     @property
     def splitter(self) -> TokenSplitter:

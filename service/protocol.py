@@ -16,6 +16,12 @@ class QueryRequest(BaseModel):
         description="collection to search; default: the server's default collection",
     )
     top_k: int | None = Field(default=None, ge=1, le=50, description="sources to retrieve")
+    mode: Literal["dense", "bm25", "hybrid"] | None = Field(
+        default=None, description="retrieval mode; default: the server's (hybrid)")
+    fusion: Literal["rrf", "weighted"] | None = Field(
+        default=None, description="how hybrid mode fuses dense and BM25 rankings")
+    dense_weight: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="weight of dense scores in weighted fusion")
 
 
 class CitationModel(BaseModel):

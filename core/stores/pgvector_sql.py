@@ -43,13 +43,18 @@ DELETE_CHUNKS_OF_DOCUMENT = "DELETE FROM chunks WHERE document_id = %(id)s"
 
 COPY_CHUNKS = """
 COPY chunks (id, document_id, collection_id, ordinal, text, heading, page, token_count,
-             embedding, embedding_bin)
+             term_count, embedding, embedding_bin)
 FROM STDIN WITH (FORMAT BINARY)
 """
 # ``bit`` and ``bit varying`` share one binary wire format; pgvector's adapter dumps ``bit``.
 COPY_CHUNK_TYPES = [
-    "text", "text", "int8", "int4", "text", "text", "int4", "int4", "halfvec", "bit",
+    "text", "text", "int8", "int4", "text", "text", "int4", "int4", "int4", "halfvec", "bit",
 ]
+
+COPY_TERMS = """
+COPY chunk_terms (chunk_id, collection_id, term, tf) FROM STDIN WITH (FORMAT BINARY)
+"""
+COPY_TERM_TYPES = ["text", "int8", "text", "int4"]
 
 DELETE_DOCUMENT = """
 DELETE FROM documents d USING collections c
@@ -94,6 +99,41 @@ SELECT {columns}, 1 - (k.embedding <=> %(query)s) AS score
 FROM candidates JOIN chunks k USING (id) JOIN documents d ON d.id = k.document_id
 ORDER BY k.embedding <=> %(query)s
 LIMIT %(top_k)s
+"""
+
+# Okapi BM25 (Robertson & Zaragoza 2009) with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)).
+# N, the average chunk length and each term's df are taken over the collection's chunks.
+SEARCH_BM25 = f"""
+WITH stats AS (
+    SELECT count(*)::float8 AS n, greatest(avg(term_count), 1)::float8 AS avgdl
+    FROM chunks WHERE collection_id = %(collection_id)s
+),
+query AS (
+    SELECT * FROM unnest(%(terms)s::text[], %(weights)s::float8[]) AS q(term, qtf)
+),
+df AS (
+    SELECT term, count(*)::float8 AS df FROM chunk_terms
+    WHERE collection_id = %(collection_id)s AND term = ANY(%(terms)s::text[])
+    GROUP BY term
+),
+scored AS (
+    SELECT t.chunk_id,
+           sum(query.qtf * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
+               * t.tf * (%(k1)s + 1)
+               / (t.tf + %(k1)s * (1 - %(b)s + %(b)s * c.term_count / stats.avgdl))) AS score
+    FROM chunk_terms t
+    JOIN query USING (term)
+    JOIN df USING (term)
+    JOIN chunks c ON c.id = t.chunk_id
+    CROSS JOIN stats
+    WHERE t.collection_id = %(collection_id)s AND t.term = ANY(%(terms)s::text[])
+    GROUP BY t.chunk_id
+    ORDER BY score DESC, t.chunk_id
+    LIMIT %(top_k)s
+)
+SELECT {_HIT_COLUMNS}, scored.score
+FROM scored JOIN chunks k ON k.id = scored.chunk_id JOIN documents d ON d.id = k.document_id
+ORDER BY scored.score DESC, k.id
 """
 
 _CREATE_BINARY_INDEX = """

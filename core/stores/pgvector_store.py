@@ -16,6 +16,7 @@ import psycopg
 from pgvector import Bit, HalfVector
 
 from core.errors import ConfigError, NotFoundError, StoreError
+from core.lexical import term_frequencies
 from core.quantize import quantize_binary
 from core.stores import pgvector_sql as q
 from core.stores.database import Database
@@ -96,14 +97,20 @@ class PgvectorStore:
                     "acl_groups": list(document.acl_groups), "chunk_count": len(chunks),
                 })
                 conn.execute(q.DELETE_CHUNKS_OF_DOCUMENT, {"id": doc_id})
+                terms = [term_frequencies(lexical_text(c, title=document.title)) for c in chunks]
                 with conn.cursor() as cur, cur.copy(q.COPY_CHUNKS) as copy:
                     copy.set_types(q.COPY_CHUNK_TYPES)
-                    for chunk, vector, code in zip(chunks, embeddings, bits, strict=True):
+                    for chunk, tf, vector, code in zip(chunks, terms, embeddings, bits, strict=True):
                         copy.write_row((
                             chunk.id, doc_id, cid, chunk.ordinal, chunk.text, chunk.heading,
-                            chunk.page, chunk.token_count, HalfVector(vector),
+                            chunk.page, chunk.token_count, sum(tf.values()), HalfVector(vector),
                             Bit(np.unpackbits(code)[:dim].astype(bool)),
                         ))
+                with conn.cursor() as cur, cur.copy(q.COPY_TERMS) as copy:
+                    copy.set_types(q.COPY_TERM_TYPES)
+                    for chunk, tf in zip(chunks, terms, strict=True):
+                        for term, count in tf.items():
+                            copy.write_row((chunk.id, cid, term, count))
         except psycopg.Error as e:
             raise StoreError(f"could not write {document.source}: {_first_line(e)}") from e
         return doc_id
@@ -150,6 +157,22 @@ class PgvectorStore:
                 raise ValueError(f"unknown dense mode {mode!r}; use 'float' or 'binary-rescore'")
         return [_scored(row, stage=f"dense_{mode}") for row in rows]
 
+    def search_lexical(
+        self, *, collection: str, query: str, top_k: int, k1: float = 0.9, b: float = 0.4
+    ) -> list[ScoredChunk]:
+        """The ``top_k`` chunks by BM25 over the collection's postings, best first."""
+        counts = term_frequencies(query)
+        if not counts:
+            return []
+        terms = sorted(counts)
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            rows = conn.execute(q.SEARCH_BM25, {
+                "collection_id": cid, "terms": terms,
+                "weights": [float(counts[t]) for t in terms], "k1": k1, "b": b, "top_k": top_k,
+            }).fetchall()
+        return [_scored(row, stage="bm25") for row in rows]
+
     def stats(self) -> list[CollectionStats]:
         with self._db.pool.connection() as conn:
             rows = conn.execute(q.STATS, {"tenant": self.tenant}).fetchall()
@@ -177,6 +200,11 @@ def _scored(row: tuple[Any, ...], *, stage: str) -> ScoredChunk:
     score = float(row[9])
     return ScoredChunk(chunk=chunk, score=score, source=row[7], title=row[8],
                        scores={stage: score})
+
+
+def lexical_text(chunk: Chunk, *, title: str) -> str:
+    """What BM25 indexes for a chunk: the document title, the heading path and the text."""
+    return f"{title}\n{chunk.heading}\n{chunk.text}"
 
 
 def _first_line(e: BaseException) -> str:

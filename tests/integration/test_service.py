@@ -44,7 +44,8 @@ def test_question_about_the_docs_gets_a_cited_answer(client: TestClient, docs_co
     for c in body["citations"]:
         assert given[c["n"]] == c and f"[{c['n']}]" in body["answer"]
     assert "dsn" in body["answer"].lower() or "postgres" in body["answer"].lower()
-    assert set(body["timings"]) >= {"embed_ms", "search_ms", "generate_ms", "total_ms"}
+    assert set(body["timings"]) >= {"embed_ms", "dense_ms", "bm25_ms", "fusion_ms", "generate_ms",
+                                    "total_ms"}
     assert body["usage"]["prompt_tokens"] > 0
 
 
@@ -90,3 +91,14 @@ def test_model_server_down_gives_sources_and_a_clear_status(
         assert c.get("/readyz").status_code == 503
     assert body["status"] == "generation_unavailable"
     assert body["sources"] and body["citations"] == []
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25"])
+def test_retrieval_mode_is_chosen_per_request(client: TestClient, docs_collection: str,
+                                              mode: str) -> None:
+    r = client.post("/v1/query", json={"question": "Which variable sets the database URL?",
+                                       "collection": docs_collection, "mode": mode, "top_k": 3})
+    body = r.json()
+    assert r.status_code == 200 and len(body["sources"]) == 3
+    other = {"dense": "bm25_ms", "bm25": "dense_ms"}[mode]
+    assert other not in body["timings"]

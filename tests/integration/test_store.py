@@ -82,3 +82,21 @@ def test_tenants_do_not_see_each_other(store: PgvectorStore, database, collectio
     with pytest.raises(NotFoundError):
         other.search_dense(collection=collection, query=vectors[0], top_k=1)
     assert collection not in {s.name for s in other.stats()}
+
+
+def test_bm25_ranks_by_term_rarity_and_frequency(store: PgvectorStore, collection: str) -> None:
+    rng = np.random.default_rng(3)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    texts = ["the cat sat on the mat", "dogs chase cats in the park", "quantum chromodynamics",
+             "cats cats cats everywhere", "a report on the weather"]
+    doc, chunks, vectors = _doc("zoo.md", texts, store, collection, rng)
+    store.write_document(collection=collection, document=doc, chunks=chunks, embeddings=vectors)
+    hits = store.search_lexical(collection=collection, query="Cats!", top_k=10)
+    assert [h.chunk.text for h in hits][0] == "cats cats cats everywhere"
+    assert {h.chunk.text for h in hits} == {texts[0], texts[1], texts[3]}
+    assert hits[0].scores["bm25"] > hits[-1].scores["bm25"] > 0
+    top = store.search_lexical(collection=collection, query="chromodynamics of quanta", top_k=1)
+    assert top[0].chunk.text == "quantum chromodynamics"
+    assert store.search_lexical(collection=collection, query="the of and", top_k=5) == []
+    store.delete_document(collection=collection, source="zoo.md")
+    assert store.search_lexical(collection=collection, query="cats", top_k=5) == []
