@@ -19,7 +19,7 @@ from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator
 from core.settings import RetrievalSettings
 from core.stores.pgvector_store import PgvectorStore
-from core.types import Answer, Citation, ScoredChunk
+from core.types import Answer, Citation, ScoredChunk, SearchFilter
 
 ABSTAIN_TEXT = "The documents don't contain this."
 UNAVAILABLE_TEXT = "Generation is unavailable right now; the closest sources are listed."
@@ -72,6 +72,7 @@ class RagPipeline:
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
         timer: Timer | None = None, settings: RetrievalSettings | None = None,
+        where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
         """The chunks most relevant to the question, best first (dense, BM25 or both fused).
 
@@ -89,11 +90,13 @@ class RagPipeline:
                 query = self.embedder.embed_query(question)
             with timer.stage("dense_ms"):
                 dense = self.store.search_dense(collection=collection, query=query, top_k=pool,
-                                                mode=cfg.dense_mode, oversample=cfg.oversample)
+                                                mode=cfg.dense_mode, oversample=cfg.oversample,
+                                                where=where)
         if cfg.mode in ("bm25", "hybrid"):
             with timer.stage("bm25_ms"):
                 lexical = self.store.search_lexical(collection=collection, query=question,
-                                                    top_k=pool, k1=cfg.bm25_k1, b=cfg.bm25_b)
+                                                    top_k=pool, k1=cfg.bm25_k1, b=cfg.bm25_b,
+                                                    where=where)
         if cfg.mode == "dense":
             return dense
         if cfg.mode == "bm25":
@@ -102,26 +105,28 @@ class RagPipeline:
             return fuse([dense, lexical], method=cfg.fusion, dense_weight=cfg.dense_weight,
                         rrf_k=cfg.rrf_k, top_k=k)
 
-    def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str) -> bool:
+    def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str,
+                 where: SearchFilter | None = None) -> bool:
         """Whether anything relevant was found: the best dense cosine reaches ``min_score``."""
         dense = [h.scores[key] for h in hits for key in h.scores if key.startswith("dense")]
         if not dense:
             query = self.embedder.embed_query(question)
-            top = self.store.search_dense(collection=collection, query=query, top_k=1)
+            top = self.store.search_dense(collection=collection, query=query, top_k=1, where=where)
             dense = [h.score for h in top]
         return bool(dense) and max(dense) >= self.settings.min_score
 
     def answer(
         self, question: str, *, collection: str, top_k: int | None = None,
-        settings: RetrievalSettings | None = None,
+        settings: RetrievalSettings | None = None, where: SearchFilter | None = None,
     ) -> Answer:
         """Retrieve, generate and check citations; abstain when nothing relevant is found."""
         timer = Timer({})
         started = time.perf_counter()
         hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer,
-                             settings=settings)
+                             settings=settings, where=where)
         sources = numbered_sources(hits)
-        if not hits or not self.relevant(hits, question=question, collection=collection):
+        if not hits or not self.relevant(hits, question=question, collection=collection,
+                                         where=where):
             return _finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)), timer, started)
         try:
             with timer.stage("generate_ms"):
@@ -133,12 +138,14 @@ class RagPipeline:
         return _finish(answer, timer, started)
 
     def stream_answer(
-        self, question: str, *, collection: str, top_k: int | None = None
+        self, question: str, *, collection: str, top_k: int | None = None,
+        where: SearchFilter | None = None,
     ) -> tuple[list[Citation], Iterator[str]]:
         """The sources, and the model's text deltas as they come."""
-        hits = self.retrieve(question, collection=collection, top_k=top_k)
+        hits = self.retrieve(question, collection=collection, top_k=top_k, where=where)
         sources = numbered_sources(hits)
-        if not self.relevant(hits, question=question, collection=collection) or not self.generator:
+        relevant = self.relevant(hits, question=question, collection=collection, where=where)
+        if not relevant or not self.generator:
             return sources, iter(())
         return sources, self.generator.stream(self.messages(question, sources))
 

@@ -109,3 +109,30 @@ class CollectionStats:
     chunks: int
     embed_model: str | None
     embed_dim: int | None
+
+
+FilterOp = Literal["eq", "in", "gt", "gte", "lt", "lte"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataCondition:
+    """One condition on a document's metadata: ``key op value``."""
+
+    key: str
+    op: FilterOp
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """What a search may see, applied inside the store query.
+
+    Args:
+        conditions: metadata conditions, all of which must hold.
+        groups: the caller's ACL groups. ``None`` means no ACL restriction
+            (trusted internal callers); otherwise a document is visible if it
+            has no groups or shares at least one with the caller.
+    """
+
+    conditions: tuple[MetadataCondition, ...] = ()
+    groups: tuple[str, ...] | None = None

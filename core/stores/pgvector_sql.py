@@ -78,10 +78,12 @@ _HIT_COLUMNS = """
 k.id, k.document_id, k.ordinal, k.text, k.heading, k.page, k.token_count, d.source, d.title
 """
 
-SEARCH_FLOAT = f"""
-SELECT {_HIT_COLUMNS}, 1 - (k.embedding <=> %(query)s) AS score
+# Every search template takes ``{visible}``: the caller's filter as a predicate on the
+# documents row ``d`` (see core/stores/filters.py). It is applied inside the query.
+_SEARCH_FLOAT = """
+SELECT {columns}, 1 - (k.embedding <=> %(query)s) AS score
 FROM chunks k JOIN documents d ON d.id = k.document_id
-WHERE k.collection_id = %(collection_id)s
+WHERE k.collection_id = %(collection_id)s AND {visible}
 ORDER BY k.embedding <=> %(query)s
 LIMIT %(top_k)s
 """
@@ -90,9 +92,9 @@ LIMIT %(top_k)s
 # collection's HNSW index; the float (halfvec) vectors then rescore them.
 _SEARCH_BINARY_RESCORE = """
 WITH candidates AS (
-    SELECT id FROM chunks
-    WHERE collection_id = {collection_id}
-    ORDER BY embedding_bin::bit({dim}) <~> %(query_bits)s
+    SELECT k.id FROM chunks k JOIN documents d ON d.id = k.document_id
+    WHERE k.collection_id = {collection_id} AND {visible}
+    ORDER BY k.embedding_bin::bit({dim}) <~> %(query_bits)s
     LIMIT %(candidates)s
 )
 SELECT {columns}, 1 - (k.embedding <=> %(query)s) AS score
@@ -102,53 +104,64 @@ LIMIT %(top_k)s
 """
 
 # Okapi BM25 (Robertson & Zaragoza 2009) with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)).
-# N, the average chunk length and each term's df are taken over the collection's chunks.
-SEARCH_BM25 = f"""
-WITH stats AS (
-    SELECT count(*)::float8 AS n, greatest(avg(term_count), 1)::float8 AS avgdl
-    FROM chunks WHERE collection_id = %(collection_id)s
+# N, the average chunk length and each term's df are taken over the chunks the caller may see.
+_SEARCH_BM25 = """
+WITH visible AS (
+    SELECT k.id, k.term_count FROM chunks k JOIN documents d ON d.id = k.document_id
+    WHERE k.collection_id = %(collection_id)s AND {visible}
+),
+stats AS (
+    SELECT count(*)::float8 AS n, greatest(avg(term_count), 1)::float8 AS avgdl FROM visible
 ),
 query AS (
     SELECT * FROM unnest(%(terms)s::text[], %(weights)s::float8[]) AS q(term, qtf)
 ),
+postings AS (
+    SELECT t.chunk_id, t.term, t.tf, v.term_count
+    FROM chunk_terms t JOIN visible v ON v.id = t.chunk_id
+    WHERE t.collection_id = %(collection_id)s AND t.term = ANY(%(terms)s::text[])
+),
 df AS (
-    SELECT term, count(*)::float8 AS df FROM chunk_terms
-    WHERE collection_id = %(collection_id)s AND term = ANY(%(terms)s::text[])
-    GROUP BY term
+    SELECT term, count(*)::float8 AS df FROM postings GROUP BY term
 ),
 scored AS (
-    SELECT t.chunk_id,
+    SELECT p.chunk_id,
            sum(query.qtf * ln(1 + (stats.n - df.df + 0.5) / (df.df + 0.5))
-               * t.tf * (%(k1)s + 1)
-               / (t.tf + %(k1)s * (1 - %(b)s + %(b)s * c.term_count / stats.avgdl))) AS score
-    FROM chunk_terms t
-    JOIN query USING (term)
-    JOIN df USING (term)
-    JOIN chunks c ON c.id = t.chunk_id
-    CROSS JOIN stats
-    WHERE t.collection_id = %(collection_id)s AND t.term = ANY(%(terms)s::text[])
-    GROUP BY t.chunk_id
-    ORDER BY score DESC, t.chunk_id
+               * p.tf * (%(k1)s + 1)
+               / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.term_count / stats.avgdl))) AS score
+    FROM postings p JOIN query USING (term) JOIN df USING (term) CROSS JOIN stats
+    GROUP BY p.chunk_id
+    ORDER BY score DESC, p.chunk_id
     LIMIT %(top_k)s
 )
-SELECT {_HIT_COLUMNS}, scored.score
+SELECT {columns}, scored.score
 FROM scored JOIN chunks k ON k.id = scored.chunk_id JOIN documents d ON d.id = k.document_id
 ORDER BY scored.score DESC, k.id
 """
+
+
+def search_float(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_SEARCH_FLOAT).format(columns=sql.SQL(_HIT_COLUMNS), visible=visible)
+
+
+def search_bm25(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_SEARCH_BM25).format(columns=sql.SQL(_HIT_COLUMNS), visible=visible)
+
+
+def search_binary_rescore(*, collection_id: int, dim: int, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_SEARCH_BINARY_RESCORE).format(
+        collection_id=sql.Literal(collection_id),
+        dim=sql.Literal(dim),
+        columns=sql.SQL(_HIT_COLUMNS),
+        visible=visible,
+    )
+
 
 _CREATE_BINARY_INDEX = """
 CREATE INDEX IF NOT EXISTS {name} ON chunks
 USING hnsw ((embedding_bin::bit({dim})) bit_hamming_ops)
 WHERE collection_id = {collection_id}
 """
-
-
-def search_binary_rescore(*, collection_id: int, dim: int) -> sql.Composed:
-    return sql.SQL(_SEARCH_BINARY_RESCORE).format(
-        collection_id=sql.Literal(collection_id),
-        dim=sql.Literal(dim),
-        columns=sql.SQL(_HIT_COLUMNS),
-    )
 
 
 def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
@@ -160,5 +173,11 @@ def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
 
 
 def set_ef_search(ef: int) -> sql.Composed:
-    """HNSW search breadth for the rest of the transaction (must reach the candidate count)."""
-    return sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef)))
+    """HNSW search breadth for the rest of the transaction (must reach the candidate count).
+
+    With a filter, pgvector's iterative scan keeps walking the graph until enough
+    visible rows are found instead of returning fewer.
+    """
+    return sql.SQL(
+        "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order"
+    ).format(sql.Literal(int(ef)))

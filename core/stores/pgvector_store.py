@@ -20,7 +20,8 @@ from core.lexical import term_frequencies
 from core.quantize import quantize_binary
 from core.stores import pgvector_sql as q
 from core.stores.database import Database
-from core.types import Chunk, CollectionStats, Document, ScoredChunk, document_id
+from core.stores.filters import compile_filter
+from core.types import Chunk, CollectionStats, Document, ScoredChunk, SearchFilter, document_id
 
 
 class PgvectorStore:
@@ -132,9 +133,10 @@ class PgvectorStore:
 
     def search_dense(
         self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
-        oversample: int = 10,
+        oversample: int = 10, where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
-        """Nearest chunks by cosine similarity; ``mode`` is ``float`` or ``binary-rescore``."""
+        """Nearest visible chunks by cosine similarity; ``mode`` is ``float`` or ``binary-rescore``."""
+        visible, filter_params = compile_filter(where)
         with self._db.pool.connection() as conn:
             cid, _, dim = self._collection(conn, collection)
             if query.shape[-1] != dim:
@@ -143,33 +145,36 @@ class PgvectorStore:
                     f"{dim}-d: query with the model the collection was built with"
                 )
             params: dict[str, Any] = {"query": HalfVector(query), "top_k": top_k,
-                                      "collection_id": cid}
+                                      "collection_id": cid, **filter_params}
             if mode == "float":
-                rows = conn.execute(q.SEARCH_FLOAT, params).fetchall()
+                rows = conn.execute(q.search_float(visible=visible), params).fetchall()
             elif mode == "binary-rescore":
                 params["query_bits"] = Bit(query > 0)
                 params["candidates"] = top_k * oversample
                 conn.execute(q.set_ef_search(max(40, top_k * oversample)))
                 rows = conn.execute(
-                    q.search_binary_rescore(collection_id=cid, dim=dim), params
+                    q.search_binary_rescore(collection_id=cid, dim=dim, visible=visible), params
                 ).fetchall()
             else:
                 raise ValueError(f"unknown dense mode {mode!r}; use 'float' or 'binary-rescore'")
         return [_scored(row, stage=f"dense_{mode}") for row in rows]
 
     def search_lexical(
-        self, *, collection: str, query: str, top_k: int, k1: float = 0.9, b: float = 0.4
+        self, *, collection: str, query: str, top_k: int, k1: float = 0.9, b: float = 0.4,
+        where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
-        """The ``top_k`` chunks by BM25 over the collection's postings, best first."""
+        """The ``top_k`` visible chunks by BM25, best first; statistics cover visible chunks only."""
         counts = term_frequencies(query)
         if not counts:
             return []
         terms = sorted(counts)
+        visible, filter_params = compile_filter(where)
         with self._db.pool.connection() as conn:
             cid, _, _ = self._collection(conn, collection)
-            rows = conn.execute(q.SEARCH_BM25, {
+            rows = conn.execute(q.search_bm25(visible=visible), {
                 "collection_id": cid, "terms": terms,
                 "weights": [float(counts[t]) for t in terms], "k1": k1, "b": b, "top_k": top_k,
+                **filter_params,
             }).fetchall()
         return [_scored(row, stage="bm25") for row in rows]
 

@@ -3,7 +3,15 @@ import pytest
 
 from core.errors import ConfigError, NotFoundError
 from core.stores.pgvector_store import PgvectorStore
-from core.types import Chunk, Document, Section, chunk_id, document_id
+from core.types import (
+    Chunk,
+    Document,
+    MetadataCondition,
+    SearchFilter,
+    Section,
+    chunk_id,
+    document_id,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +108,92 @@ def test_bm25_ranks_by_term_rarity_and_frequency(store: PgvectorStore, collectio
     assert store.search_lexical(collection=collection, query="the of and", top_k=5) == []
     store.delete_document(collection=collection, source="zoo.md")
     assert store.search_lexical(collection=collection, query="cats", top_k=5) == []
+
+
+def _write(store: PgvectorStore, collection: str, source: str, texts: list[str],
+           vectors: np.ndarray, *, groups: tuple[str, ...] = (), metadata: dict | None = None) -> None:
+    did = document_id(collection=f"{store.tenant}/{collection}", source=source)
+    doc = Document(source=source, title=source, content_hash=f"h-{source}",
+                   sections=tuple(Section(t) for t in texts), acl_groups=groups,
+                   metadata=metadata or {})
+    chunks = [Chunk(id=chunk_id(did, i), document_id=did, ordinal=i, text=t)
+              for i, t in enumerate(texts)]
+    store.write_document(collection=collection, document=doc, chunks=chunks, embeddings=vectors)
+
+
+@pytest.fixture
+def restricted(store: PgvectorStore, collection: str) -> tuple[str, np.ndarray]:
+    """A collection where the best match for every query is in an HR-only document."""
+    rng = np.random.default_rng(4)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    secret = rng.normal(size=(1, DIM)).astype(np.float32)
+    secret /= np.linalg.norm(secret)
+    public = rng.normal(size=(30, DIM)).astype(np.float32)
+    public /= np.linalg.norm(public, axis=1, keepdims=True)
+    _write(store, collection, "salaries.md", ["salary bands salary secret payroll"], secret,
+           groups=("hr",), metadata={"year": 2024, "dept": "hr"})
+    _write(store, collection, "handbook.md", [f"salary policy public page {i}" for i in range(30)],
+           public, metadata={"year": 2020, "dept": "all"})
+    return collection, secret[0]
+
+
+@pytest.mark.parametrize("mode", ["float", "binary-rescore", "bm25"])
+def test_acl_restricted_chunks_never_reach_outsiders(
+    store: PgvectorStore, restricted: tuple[str, np.ndarray], mode: str
+) -> None:
+    collection, secret_vector = restricted
+
+    def search(where: SearchFilter | None) -> list[str]:
+        if mode == "bm25":
+            hits = store.search_lexical(collection=collection, query="salary payroll", top_k=50,
+                                        where=where)
+        else:
+            hits = store.search_dense(collection=collection, query=secret_vector, top_k=50,
+                                      mode=mode, oversample=10, where=where)
+        return [h.source for h in hits]
+
+    assert search(SearchFilter(groups=("hr",)))[0] == "salaries.md"
+    assert search(None)[0] == "salaries.md"
+    for outsider in [SearchFilter(groups=()), SearchFilter(groups=("engineering",))]:
+        seen = search(outsider)
+        assert seen and "salaries.md" not in seen
+
+
+def test_bm25_statistics_ignore_invisible_chunks(
+    store: PgvectorStore, restricted: tuple[str, np.ndarray]
+) -> None:
+    collection, _ = restricted
+    inside = store.search_lexical(collection=collection, query="salary", top_k=1,
+                                  where=SearchFilter(groups=("hr",)))
+    outside = store.search_lexical(collection=collection, query="salary", top_k=1,
+                                   where=SearchFilter(groups=()))
+    # 'salary' occurs in 31 visible chunks for HR but 30 for outsiders: idf differs.
+    assert inside[0].source == "salaries.md" and outside[0].source == "handbook.md"
+    same_chunk = store.search_lexical(collection=collection, query="salary policy public page 3",
+                                      top_k=1, where=SearchFilter(groups=("hr",)))
+    assert same_chunk[0].score != pytest.approx(outside[0].score)
+
+
+@pytest.mark.parametrize(("conditions", "expected"), [
+    ((MetadataCondition("dept", "eq", "all"),), {"handbook.md"}),
+    ((MetadataCondition("dept", "in", ["hr", "x"]),), {"salaries.md"}),
+    ((MetadataCondition("year", "gte", 2021),), {"salaries.md"}),
+    ((MetadataCondition("year", "lt", 2021), MetadataCondition("dept", "eq", "all")),
+     {"handbook.md"}),
+    ((MetadataCondition("year", "gt", 3000),), set()),
+])
+def test_metadata_filters(store: PgvectorStore, restricted: tuple[str, np.ndarray],
+                          conditions: tuple[MetadataCondition, ...], expected: set[str]) -> None:
+    collection, vector = restricted
+    where = SearchFilter(conditions=conditions)
+    dense = store.search_dense(collection=collection, query=vector, top_k=50, where=where)
+    lexical = store.search_lexical(collection=collection, query="salary", top_k=50, where=where)
+    assert {h.source for h in dense} == expected == {h.source for h in lexical}
+
+
+def test_bad_filters_are_value_errors(store: PgvectorStore, restricted: tuple[str, np.ndarray]) -> None:
+    collection, vector = restricted
+    for cond in [MetadataCondition("dept", "in", []), MetadataCondition("year", "gt", [1])]:
+        with pytest.raises(ValueError):
+            store.search_dense(collection=collection, query=vector, top_k=5,
+                               where=SearchFilter(conditions=(cond,)))
