@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	touch $(STAMP)
 
 run: install
-	$(BIN)/verity serve --ingest docs
+	$(BIN)/verity serve --dev --ingest docs
 
 lint: install
 	$(BIN)/lint-imports

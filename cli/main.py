@@ -139,6 +139,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port")] = None,
     ingest_paths: Annotated[list[Path] | None, typer.Option(
         "--ingest", help="ingest these paths into the default collection first")] = None,
+    dev: Annotated[bool, typer.Option(
+        "--dev", help="no API keys: every caller is the admin of the default tenant")] = False,
 ) -> None:
     """Run the HTTP API. Starts the embedded Postgres and local model server when needed."""
     import uvicorn
@@ -150,6 +152,9 @@ def serve(
     settings = _settings()
     server = settings.server.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    if dev:
+        server = server.model_copy(update={"auth": False})
+    settings = settings.model_copy(update={"server": server})
     _check_port_free(server.host, server.port)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turn that into a
     # normal exit so the embedded Postgres and the llama.cpp child are stopped below.
@@ -158,7 +163,8 @@ def serve(
         if ingest_paths:
             _ingest_before_serving(runtime, ingest_paths)
         typer.echo(f"Verity on http://{server.host}:{server.port} "
-                   f"(generator: {runtime.generator_name})", err=True)
+                   f"(generator: {runtime.generator_name}; "
+                   f"{'API keys required' if server.auth else 'dev mode: no API keys'})", err=True)
         uvicorn.run(create_app(settings, runtime=runtime), host=server.host, port=server.port,
                     log_level="info", access_log=False)
 
@@ -249,6 +255,64 @@ def status(
     for s in stats:
         typer.echo(f"collection {s.name}: {s.documents} documents, {s.chunks} chunks "
                    f"({s.embed_model}, {s.embed_dim}-d)")
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+@clean_errors
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key belongs to")] = "default",
+    name: Annotated[str, typer.Option(help="a label, e.g. the app using it")] = "",
+    group: Annotated[list[str] | None, typer.Option(help="an ACL group of the caller")] = None,
+    admin: Annotated[bool, typer.Option(help="may manage keys, collections and documents")] = False,
+) -> None:
+    """Create a key. It is printed once; only its hash is stored."""
+    from core.auth import ApiKeys
+    from core.stores.database import Database
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        key, info = ApiKeys(db).create(tenant=validate_collection_name(tenant), name=name,
+                                       groups=tuple(group or ()), is_admin=admin)
+    typer.echo(key)
+    typer.echo(f"id {info.id}, tenant {info.tenant}, groups {list(info.groups)}, "
+               f"{'admin' if info.is_admin else 'user'}: store the key now; it is not shown again",
+               err=True)
+
+
+@keys_app.command("list")
+@clean_errors
+def keys_list(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
+    """List keys (ids, prefixes, tenants, groups), never the keys themselves."""
+    from core.auth import ApiKeys
+    from core.stores.database import Database
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        keys = ApiKeys(db).list(tenant=tenant)
+    for k in keys:
+        state = "revoked" if k.revoked else ("admin" if k.is_admin else "user")
+        typer.echo(f"{k.id}\t{k.prefix}...\t{k.tenant}\t{','.join(k.groups) or '-'}\t{state}"
+                   f"\t{k.name}")
+
+
+@keys_app.command("revoke")
+@clean_errors
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id (see keys list)")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from core.auth import ApiKeys
+    from core.stores.database import Database
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        ApiKeys(db).revoke(key_id)
+    typer.echo(f"revoked key {key_id}")
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

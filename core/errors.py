@@ -27,3 +27,19 @@ class NotFoundError(RagError):
 
 class LoaderError(RagError):
     """A file could not be read into text."""
+
+
+class AuthError(RagError):
+    """No valid API key was presented."""
+
+
+class ForbiddenError(RagError):
+    """The key is valid but may not do this (e.g. a non-admin key managing keys)."""
+
+
+class RateLimitError(RagError):
+    """Too many requests for this key; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -124,6 +124,7 @@ class RagPipeline:
         started = time.perf_counter()
         hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer,
                              settings=settings, where=where)
+        hits = self.store.widen(hits, window=(settings or self.settings).widen)
         sources = numbered_sources(hits)
         if not hits or not self.relevant(hits, question=question, collection=collection,
                                          where=where):

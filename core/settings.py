@@ -98,6 +98,7 @@ class RetrievalSettings(BaseModel):
     bm25_k1: float = Field(default=0.9, gt=0)
     bm25_b: float = Field(default=0.4, ge=0, le=1)
     dense_mode: Literal["float", "binary-rescore"] = "float"
+    widen: int = Field(default=0, ge=0, le=5, description="neighbouring chunks added per side")
     oversample: int = Field(default=10, ge=1, description="binary candidates = top_k x oversample")
     min_score: float = Field(
         default=0.15,
@@ -108,6 +109,10 @@ class RetrievalSettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    auth: bool = Field(default=True, description="require API keys (off only in --dev)")
+    max_body_mb: float = Field(default=1.0, gt=0, description="JSON request bodies")
+    max_upload_mb: float = Field(default=50.0, gt=0, description="document uploads")
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="per API key; 0 = off")
 
 
 class Settings(BaseSettings):

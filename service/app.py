@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from service.errors import install_error_handlers
+from service.limits import BodySizeLimit, RateLimiter
 from service.routes import query
 
 
@@ -42,5 +43,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
     app.include_router(query.router)
+    app.add_middleware(BodySizeLimit, max_bytes=int(settings.server.max_body_mb * 1e6),  # type: ignore[arg-type]
+                       upload_bytes=int(settings.server.max_upload_mb * 1e6))
     return app

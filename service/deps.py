@@ -6,7 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from core.auth import ApiKeys, Principal
+from core.errors import AuthError, ForbiddenError
 from core.runtime import Runtime
+from service.limits import RateLimiter
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -15,3 +18,46 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller, from ``Authorization: Bearer KEY`` or ``X-API-Key``; rate-limited per key.
+
+    With auth off (``verity serve --dev``) every caller is the unrestricted
+    admin of the ``default`` tenant.
+
+    Raises:
+        AuthError: auth is on and no valid key was presented (401).
+        RateLimitError: the key used up its rate (429).
+    """
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not runtime.settings.server.auth:
+        limiter.check(f"ip:{request.client.host if request.client else '-'}")
+        return Principal(tenant="default", groups=None, is_admin=True)
+    key = _presented_key(request)
+    if key is None:
+        raise AuthError("an API key is required: send 'Authorization: Bearer KEY'")
+    principal = ApiKeys(runtime.db).authenticate(key)
+    if principal is None:
+        raise AuthError("invalid or revoked API key")
+    limiter.check(f"key:{principal.key_id}")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise ForbiddenError("this needs an admin key of the tenant")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -7,6 +7,7 @@ logged with its traceback and the client gets a generic message.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,17 +15,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
+    AuthError,
     ConfigError,
     EmbedderError,
+    ForbiddenError,
     GenerationError,
     NotFoundError,
     RagError,
+    RateLimitError,
     StoreError,
 )
 
 log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[RagError], int, str]] = [
+    (AuthError, 401, "unauthorized"),
+    (ForbiddenError, 403, "forbidden"),
+    (RateLimitError, 429, "rate_limited"),
     (NotFoundError, 404, "not_found"),
     (ConfigError, 400, "invalid_request"),
     (StoreError, 503, "store_unavailable"),
@@ -33,8 +40,18 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
 ]
 
 
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}})
+def error_response(status: int, kind: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}},
+                        headers=headers)
+
+
+def _headers(exc: RagError) -> dict[str, str] | None:
+    if isinstance(exc, RateLimitError):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, AuthError):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -42,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _rag(_: Request, exc: RagError) -> JSONResponse:
         for cls, status, kind in _STATUS:
             if isinstance(exc, cls):
-                return error_response(status, kind, str(exc))
+                return error_response(status, kind, str(exc), _headers(exc))
         return error_response(500, "internal_error", "internal error")
 
     @app.exception_handler(RequestValidationError)

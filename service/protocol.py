@@ -2,26 +2,95 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from core.types import Answer, Citation
+from core.types import Answer, Citation, MetadataCondition, ScoredChunk
+
+_COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_OPS = ("in", "gt", "gte", "lt", "lte")
+Scalar = str | int | float | bool
 
 
-class QueryRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=4000, description="the question to answer")
+class RetrievalOptions(BaseModel):
+    """Per-request retrieval choices; unset fields use the server's settings."""
+
     collection: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        default=None, min_length=1, max_length=64, pattern=_COLLECTION,
         description="collection to search; default: the server's default collection",
     )
-    top_k: int | None = Field(default=None, ge=1, le=50, description="sources to retrieve")
+    top_k: int | None = Field(default=None, ge=1, le=50, description="chunks to return")
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(
         default=None, description="retrieval mode; default: the server's (hybrid)")
     fusion: Literal["rrf", "weighted"] | None = Field(
         default=None, description="how hybrid mode fuses dense and BM25 rankings")
     dense_weight: float | None = Field(
         default=None, ge=0.0, le=1.0, description="weight of dense scores in weighted fusion")
+    widen: int | None = Field(
+        default=None, ge=0, le=5, description="neighbouring chunks added on each side of a hit")
+    filters: dict[str, Scalar | dict[str, Scalar | list[Scalar]]] = Field(
+        default_factory=dict,
+        description='metadata filters: {"dept": "hr"}, {"year": {"gte": 2020}}, '
+                    '{"lang": {"in": ["en", "de"]}}',
+    )
+
+    @field_validator("filters")
+    @classmethod
+    def _known_ops(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, cond in value.items():
+            if not key or len(key) > 100:
+                raise ValueError("filter keys are 1-100 characters")
+            if isinstance(cond, dict):
+                if len(cond) != 1 or next(iter(cond)) not in _OPS:
+                    raise ValueError(f"filter {key!r}: use one of {', '.join(_OPS)}")
+                op, operand = next(iter(cond.items()))
+                if (op == "in") != isinstance(operand, list) or operand == []:
+                    raise ValueError(f"filter {key!r}: 'in' takes a non-empty list, others a value")
+                if op != "in" and isinstance(operand, bool):
+                    raise ValueError(f"filter {key!r}: ranges take a number or a string")
+        return value
+
+    def conditions(self) -> tuple[MetadataCondition, ...]:
+        out = []
+        for key, cond in self.filters.items():
+            if isinstance(cond, dict):
+                op, operand = next(iter(cond.items()))
+                out.append(MetadataCondition(key, op, operand))  # type: ignore[arg-type]
+            else:
+                out.append(MetadataCondition(key, "eq", cond))
+        return tuple(out)
+
+
+class QueryRequest(RetrievalOptions):
+    question: str = Field(min_length=1, max_length=4000, description="the question to answer")
+
+
+class SearchRequest(RetrievalOptions):
+    query: str = Field(min_length=1, max_length=4000, description="what to search for")
+
+
+class SearchHit(BaseModel):
+    rank: int
+    chunk_id: str
+    document: str
+    title: str
+    text: str
+    heading: str = ""
+    page: int | None = None
+    score: float = Field(description="the final score the hits are ranked by")
+    scores: dict[str, float] = Field(description="every stage's score: dense_*, bm25, rrf, ...")
+
+    @classmethod
+    def of(cls, rank: int, h: ScoredChunk) -> SearchHit:
+        return cls(rank=rank, chunk_id=h.chunk.id, document=h.source, title=h.title,
+                   text=h.chunk.text, heading=h.chunk.heading, page=h.chunk.page, score=h.score,
+                   scores=h.scores)
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    timings: dict[str, float] = Field(description="milliseconds per stage")
 
 
 class CitationModel(BaseModel):

@@ -73,7 +73,10 @@ def generator(llm_server: LlamaCppServer) -> OpenAIChatGenerator:
 def runtime(data_dir: Path, database: Database, store: PgvectorStore,
             embedder: SentenceTransformerEmbedder, generator: OpenAIChatGenerator,
             llm_server: LlamaCppServer) -> Runtime:
-    return Runtime(settings=make_settings(data_dir), db=database, store=store, embedder=embedder,
+    settings = make_settings(data_dir)
+    settings = settings.model_copy(update={"server": settings.server.model_copy(
+        update={"auth": False})})
+    return Runtime(settings=settings, db=database, store=store, embedder=embedder,
                    prompts=PromptLibrary.load(), generator=generator, llm_server=llm_server)
 
 

@@ -157,6 +157,16 @@ def search_binary_rescore(*, collection_id: int, dim: int, visible: sql.Composab
     )
 
 
+# Small-to-big: each hit's text widened with its neighbours in the same document.
+WIDEN = """
+SELECT k.id, string_agg(n.text, E'\\n' ORDER BY n.ordinal)
+FROM unnest(%(ids)s::text[]) AS h(id)
+JOIN chunks k ON k.id = h.id
+JOIN chunks n ON n.document_id = k.document_id
+             AND n.ordinal BETWEEN k.ordinal - %(window)s AND k.ordinal + %(window)s
+GROUP BY k.id
+"""
+
 _CREATE_BINARY_INDEX = """
 CREATE INDEX IF NOT EXISTS {name} ON chunks
 USING hnsw ((embedding_bin::bit({dim})) bit_hamming_ops)

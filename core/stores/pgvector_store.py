@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -177,6 +178,19 @@ class PgvectorStore:
                 **filter_params,
             }).fetchall()
         return [_scored(row, stage="bm25") for row in rows]
+
+    def widen(self, hits: Sequence[ScoredChunk], *, window: int) -> list[ScoredChunk]:
+        """Hits whose text includes ``window`` neighbouring chunks on each side (small-to-big).
+
+        Neighbours come from the same document, so they carry the same ACL.
+        """
+        if window <= 0 or not hits:
+            return list(hits)
+        with self._db.pool.connection() as conn:
+            rows = conn.execute(q.WIDEN, {"ids": [h.chunk.id for h in hits], "window": window})
+            wide = dict(rows.fetchall())
+        return [replace(h, chunk=replace(h.chunk, text=wide.get(h.chunk.id, h.chunk.text)))
+                for h in hits]
 
     def stats(self) -> list[CollectionStats]:
         with self._db.pool.connection() as conn:

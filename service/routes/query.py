@@ -3,17 +3,23 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.answering import answer_query
-from service.deps import RuntimeDep
+from service import answering
+from service.deps import PrincipalDep, RuntimeDep
 from service.protocol import (
     ErrorResponse,
     HealthResponse,
     QueryRequest,
     QueryResponse,
     ReadyResponse,
+    SearchRequest,
+    SearchResponse,
 )
 
 router = APIRouter()
+
+_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+           422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}}
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"])
@@ -32,11 +38,13 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.post(
-    "/v1/query", response_model=QueryResponse, tags=["query"],
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-               503: {"model": ErrorResponse}},
-)
-def query(request: QueryRequest, runtime: RuntimeDep) -> QueryResponse:
-    """Answer a question from the documents, with numbered citations."""
-    return answer_query(runtime, request)
+@router.post("/v1/query", response_model=QueryResponse, tags=["query"], responses=_ERRORS)
+def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep) -> QueryResponse:
+    """Answer a question from the documents the caller may read, with numbered citations."""
+    return answering.answer_query(runtime, principal, request)
+
+
+@router.post("/v1/search", response_model=SearchResponse, tags=["query"], responses=_ERRORS)
+def search(request: SearchRequest, runtime: RuntimeDep, principal: PrincipalDep) -> SearchResponse:
+    """Ranked chunks the caller may read, with every stage's score and timing."""
+    return answering.search(runtime, principal, request)

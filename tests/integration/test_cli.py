@@ -94,7 +94,7 @@ def _processes_using(data_dir: Path) -> list[psutil.Process]:
 
 
 def _serve(data_dir: Path, docs: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(VERITY + ["serve", "--port", str(port), "--ingest", str(docs)],
+    return subprocess.Popen(VERITY + ["serve", "--dev", "--port", str(port), "--ingest", str(docs)],
                             env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
 
