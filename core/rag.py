@@ -15,6 +15,7 @@ from typing import Any
 from core.citations import attribute, check_citations
 from core.errors import GenerationError
 from core.fusion import fuse
+from core.injection import neutralize
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator
 from core.settings import RetrievalSettings
@@ -25,6 +26,7 @@ ABSTAIN_TEXT = "The documents don't contain this."
 UNAVAILABLE_TEXT = "Generation is unavailable right now; the closest sources are listed."
 _DONT_KNOW = re.compile(r"\b(i\s+don'?t\s+know|not\s+in\s+the\s+(documents|sources))\b", re.I)
 
+
 @dataclass
 class Timer:
     """Collects per-stage wall-clock milliseconds."""
@@ -33,6 +35,7 @@ class Timer:
 
     def stage(self, name: str) -> _Stage:
         return _Stage(self, name)
+
 
 class _Stage:
     def __init__(self, timer: Timer, name: str) -> None:
@@ -44,6 +47,7 @@ class _Stage:
     def __exit__(self, *exc: object) -> None:
         elapsed = (time.perf_counter() - self._start) * 1000
         self._timer.timings[self._name] = round(elapsed, 2)
+
 
 class RagPipeline:
     """Answers questions from one tenant's collections.
@@ -151,11 +155,13 @@ class RagPipeline:
         return sources, self.generator.stream(self.messages(question, sources))
 
     def messages(self, question: str, sources: list[Citation]) -> list[dict[str, str]]:
+        """The chat messages: rules, then the fenced sources with instructions removed."""
         return [
             {"role": "system", "content": self.prompts.render("answer_system")},
             {"role": "user", "content": self.prompts.render(
                 "answer_user", question=question,
-                sources=[{"n": s.n, "document": s.document, "text": s.text} for s in sources],
+                sources=[{"n": s.n, "document": s.document, "text": neutralize(s.text)[0]}
+                         for s in sources],
             )},
         ]
 
@@ -164,12 +170,14 @@ class RagPipeline:
             raise GenerationError("no generator is configured")
         return self.generator.generate(self.messages(question, sources))
 
+
 def numbered_sources(hits: Any) -> list[Citation]:
     return [
         Citation(n=i, document=h.source, chunk_id=h.chunk.id, text=h.chunk.text,
                  page=h.chunk.page, heading=h.chunk.heading)
         for i, h in enumerate(hits, start=1)
     ]
+
 
 def ground(generation: Generation, sources: list[Citation]) -> Answer:
     """Turn raw model text into an answer whose citations all point at given sources."""
@@ -189,6 +197,7 @@ def ground(generation: Generation, sources: list[Citation]) -> Answer:
     citations = tuple(by_n[n] for n in checked.cited)
     return Answer(checked.text, "answered", citations, tuple(sources),
                   invalid_citations=checked.invalid, usage=usage)
+
 
 def _finish(answer: Answer, timer: Timer, started: float) -> Answer:
     timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from core.connectors import Connector, build_connectors
 from core.embedders import SentenceTransformerEmbedder
 from core.generators import OpenAIChatGenerator
 from core.llama_server import LlamaCppServer
@@ -30,6 +31,7 @@ class Runtime:
     prompts: PromptLibrary
     generator: OpenAIChatGenerator | None = None
     llm_server: LlamaCppServer | None = None
+    connectors: list[Connector] = field(default_factory=list)
 
     def rag(self, *, tenant: str = "default") -> RagPipeline:
         store = self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
@@ -78,4 +80,5 @@ def open_runtime(settings: Settings, *, generator: bool = True) -> Iterator[Runt
         embedder = SentenceTransformerEmbedder(settings.embedder)
         gen, server = start_generator(settings, stack) if generator else (None, None)
         yield Runtime(settings=settings, db=db, store=PgvectorStore(db), embedder=embedder,
-                      prompts=prompts, generator=gen, llm_server=server)
+                      prompts=prompts, generator=gen, llm_server=server,
+                      connectors=build_connectors(settings.crag.connectors))

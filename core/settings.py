@@ -106,6 +106,36 @@ class RetrievalSettings(BaseModel):
     )
 
 
+class CragSettings(BaseModel):
+    """Corrective RAG: grade retrieval, then refine, re-retrieve or abstain (Yan et al., 2024).
+
+    The evaluator grades a retrieval by its best chunk's relevance score (the
+    reranker's when one runs, else the dense cosine similarity). At or above
+    ``upper`` the retrieval is *correct*; below ``lower`` it is *incorrect*;
+    in between, *ambiguous*. ``verity eval calibrate`` fits both on labelled data.
+    """
+
+    enabled: bool = False
+    upper: float = Field(default=0.55, description="best score at or above: correct")
+    lower: float = Field(default=0.30, description="best score below: incorrect")
+    strip_min: float = Field(default=0.30, description="strip relevance needed to keep it")
+    max_strips: int = Field(default=8, ge=1, le=50)
+    rewrite: bool = Field(default=True, description="rewrite the query before re-retrieving")
+    broaden_candidates: int = Field(default=100, ge=1, le=1000)
+    broaden_dense_weight: float = Field(default=0.3, ge=0.0, le=1.0,
+                                        description="lexical-heavy fusion when re-retrieving")
+    siblings: list[str] = Field(default_factory=list,
+                                description="other collections searched when re-retrieving")
+    connectors: list[str] = Field(default_factory=list,
+                                  description="external search connectors, e.g. replay:PATH")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CragSettings:
+        if self.lower > self.upper:
+            raise ValueError("crag.lower must not exceed crag.upper")
+        return self
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -132,6 +162,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     llm: LLMSettings = LLMSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    crag: CragSettings = CragSettings()
     server: ServerSettings = ServerSettings()
 
     @field_validator("data_dir")

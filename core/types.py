@@ -100,6 +100,7 @@ class Answer:
     invalid_citations: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from core.auth import Principal
+from core.crag import CorrectiveRag
 from core.rag import RagPipeline, Timer
 from core.runtime import Runtime
 from core.settings import RetrievalSettings
@@ -32,8 +33,14 @@ def _plan(runtime: Runtime, principal: Principal, options: RetrievalOptions
 
 def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest) -> QueryResponse:
     rag, collection, settings, where = _plan(runtime, principal, request)
-    answer = rag.answer(request.question, collection=collection, top_k=request.top_k,
-                        settings=settings, where=where)
+    use_crag = runtime.settings.crag.enabled if request.crag is None else request.crag
+    if use_crag:
+        crag = CorrectiveRag(rag, runtime.settings.crag, runtime.connectors)
+        answer = crag.answer(request.question, collection=collection, top_k=request.top_k,
+                             where=where, retrieval=settings)
+    else:
+        answer = rag.answer(request.question, collection=collection, top_k=request.top_k,
+                            settings=settings, where=where)
     return QueryResponse.of(answer)
 
 

@@ -64,6 +64,9 @@ class RetrievalOptions(BaseModel):
 
 class QueryRequest(RetrievalOptions):
     question: str = Field(min_length=1, max_length=4000, description="the question to answer")
+    crag: bool | None = Field(
+        default=None, description="corrective RAG: grade retrieval, refine, re-retrieve or "
+                                  "abstain; default: the server's setting")
 
 
 class SearchRequest(RetrievalOptions):
@@ -116,6 +119,9 @@ class QueryResponse(BaseModel):
         description="numbers the model cited that match no source (removed from the answer)")
     timings: dict[str, float] = Field(description="milliseconds per stage")
     usage: dict[str, int] = Field(default_factory=dict)
+    trace: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the pipeline did: CRAG action, scores, strips kept, rewritten query")
 
     @classmethod
     def of(cls, a: Answer) -> QueryResponse:
@@ -123,7 +129,7 @@ class QueryResponse(BaseModel):
                    citations=[CitationModel.of(c) for c in a.citations],
                    sources=[CitationModel.of(c) for c in a.sources],
                    invalid_citations=list(a.invalid_citations), timings=a.timings,
-                   usage=a.usage)
+                   usage=a.usage, trace=a.trace)
 
 
 class HealthResponse(BaseModel):

@@ -65,7 +65,8 @@ def llm_server(data_dir: Path) -> Iterator[LlamaCppServer]:
 
 @pytest.fixture(scope="session")
 def generator(llm_server: LlamaCppServer) -> OpenAIChatGenerator:
-    return OpenAIChatGenerator(LLMSettings(model=llm_server.model_name),
+    # A generous timeout: tests share two cores with everything else running here.
+    return OpenAIChatGenerator(LLMSettings(model=llm_server.model_name, timeout_s=900),
                                base_url=llm_server.base_url)
 
 

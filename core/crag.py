@@ -1,0 +1,237 @@
+"""Corrective RAG (Yan et al., 2024, arXiv:2401.15884) over Verity's retrieval.
+
+1. Retrieve, then grade the retrieval with the evaluator: the best chunk's
+   relevance score against calibrated thresholds gives *correct*, *ambiguous*
+   or *incorrect*.
+2. *Correct*: knowledge refinement. Kept chunks are cut into strips
+   (sentences), each strip is scored against the question, the relevant ones
+   are kept and recomposed in document order.
+3. *Incorrect*: corrective action. The model rewrites the question into a
+   search query, retrieval runs again more broadly (more candidates,
+   lexical-heavy fusion, sibling collections the caller may read) and any
+   configured external connectors are asked; the results are refined the same
+   way. If nothing relevant remains, Verity abstains and lists the closest sources.
+4. *Ambiguous*: both the refined internal knowledge and the corrective results.
+
+Every answer carries a trace of what happened.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from core.connectors import Connector
+from core.errors import GenerationError, NotFoundError
+from core.protocols import Generation
+from core.rag import ABSTAIN_TEXT, UNAVAILABLE_TEXT, RagPipeline, Timer, ground
+from core.settings import CragSettings, RetrievalSettings
+from core.types import Answer, Citation, ScoredChunk, SearchFilter
+
+CragAction = Literal["correct", "ambiguous", "incorrect"]
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    """A piece of evidence: a retrieved chunk or an external passage, possibly refined."""
+
+    document: str
+    chunk_id: str
+    text: str
+    score: float
+    order: tuple[str, int] = ("", 0)
+    page: int | None = None
+    heading: str = ""
+
+
+def grade(best: float, *, upper: float, lower: float) -> CragAction:
+    """The evaluator's verdict for a retrieval whose best relevance score is ``best``."""
+    if best >= upper:
+        return "correct"
+    if best < lower:
+        return "incorrect"
+    return "ambiguous"
+
+
+def split_strips(text: str, *, max_words: int = 60) -> list[str]:
+    """Sentences of ``text``; runs longer than ``max_words`` are cut into windows."""
+    strips = []
+    for sentence in _SENTENCE.split(" ".join(text.split())):
+        words = sentence.split()
+        for start in range(0, len(words), max_words):
+            piece = " ".join(words[start:start + max_words])
+            if len(piece) > 3:
+                strips.append(piece)
+    return strips
+
+
+class CorrectiveRag:
+    """Answers with CRAG's grade → refine / correct / abstain loop.
+
+    Example:
+        >>> crag = CorrectiveRag(rag, CragSettings(enabled=True), connectors=[])
+        >>> crag.answer("Who founded Acme?", collection="default").trace["action"]
+        'correct'
+    """
+
+    def __init__(self, rag: RagPipeline, settings: CragSettings,
+                 connectors: Sequence[Connector] = ()) -> None:
+        self.rag = rag
+        self.settings = settings
+        self.connectors = list(connectors)
+
+    def answer(
+        self, question: str, *, collection: str, top_k: int | None = None,
+        where: SearchFilter | None = None, retrieval: RetrievalSettings | None = None,
+    ) -> Answer:
+        timer, started = Timer({}), time.perf_counter()
+        trace: dict[str, Any] = {"crag": True}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        cfg = retrieval or self.rag.settings
+        hits = self.rag.retrieve(question, collection=collection, top_k=top_k, timer=timer,
+                                 settings=cfg, where=where)
+        with timer.stage("evaluate_ms"):
+            qvec = self.rag.embedder.embed_query(question)
+            scored = self._relevance(qvec, hits)
+        best = max((s for _, s in scored), default=0.0)
+        action = grade(best, upper=self.settings.upper, lower=self.settings.lower)
+        trace.update(action=action, best_score=round(best, 4),
+                     thresholds={"upper": self.settings.upper, "lower": self.settings.lower},
+                     scores={h.chunk.id: round(s, 4) for h, s in scored})
+        knowledge: list[Knowledge] = []
+        if action in ("correct", "ambiguous"):
+            knowledge += [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
+        if action in ("incorrect", "ambiguous"):
+            with timer.stage("correct_ms"):
+                knowledge += self._correct(question, qvec, collection=collection, where=where,
+                                           cfg=cfg, top_k=top_k, trace=trace, usage=usage)
+        with timer.stage("refine_ms"):
+            refined = self._refine(qvec, knowledge, trace)
+        closest = _citations([_from_hit(h, s) for h, s in scored])
+        if not refined:
+            trace["abstained"] = "no relevant knowledge after correction"
+            return _done(Answer(ABSTAIN_TEXT, "abstained", (), tuple(closest)), timer, started,
+                         usage, trace)
+        sources = _citations(refined)
+        try:
+            with timer.stage("generate_ms"):
+                generation = self._generate(question, sources)
+        except GenerationError:
+            return _done(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)),
+                         timer, started, usage, trace)
+        return _done(ground(generation, sources), timer, started, usage, trace)
+
+    def _relevance(self, qvec: np.ndarray, hits: Sequence[ScoredChunk]
+                   ) -> list[tuple[ScoredChunk, float]]:
+        """Each hit's relevance: the reranker's score if present, else dense cosine similarity."""
+        known = {h.chunk.id: score for h in hits if (score := _known_score(h)) is not None}
+        missing = [h for h in hits if h.chunk.id not in known]
+        if missing:
+            vectors = self.rag.embedder.embed_documents([h.chunk.text for h in missing])
+            known.update({h.chunk.id: float(v @ qvec) for h, v in zip(missing, vectors, strict=True)})
+        return [(h, known[h.chunk.id]) for h in hits]
+
+    def _correct(self, question: str, qvec: np.ndarray, *, collection: str,
+                 where: SearchFilter | None, cfg: RetrievalSettings, top_k: int | None,
+                 trace: dict[str, Any], usage: dict[str, int]) -> list[Knowledge]:
+        query = question
+        if self.settings.rewrite and self.rag.generator is not None:
+            try:
+                rewritten = self.rag.generator.generate(
+                    [{"role": "user", "content": self.rag.prompts.render("rewrite",
+                                                                           question=question)}],
+                    max_tokens=32)
+                query = _clean_query(rewritten.text) or question
+                usage["prompt_tokens"] += rewritten.prompt_tokens
+                usage["completion_tokens"] += rewritten.completion_tokens
+            except GenerationError:
+                pass
+        trace["rewritten_query"] = query
+        broad = cfg.model_copy(update={"mode": "hybrid", "fusion": "weighted",
+                                       "dense_weight": self.settings.broaden_dense_weight,
+                                       "candidates": self.settings.broaden_candidates})
+        found: list[Knowledge] = []
+        for name in [collection, *self.settings.siblings]:
+            try:
+                hits = self.rag.retrieve(query, collection=name, top_k=top_k, settings=broad,
+                                         where=where)
+            except NotFoundError:
+                continue  # a sibling the caller's tenant does not have
+            found += [_from_hit(h, s) for h, s in self._relevance(qvec, hits)]
+        k = top_k or cfg.top_k
+        for connector in self.connectors:
+            for i, p in enumerate(connector.search(question, query=query, k=k)):
+                found.append(Knowledge(document=f"{connector.name}: {p.title or p.url or i}",
+                                       chunk_id=f"{connector.name}-{i}", text=p.text, score=0.0,
+                                       order=(f"~{connector.name}", i)))
+        trace["corrective_results"] = len(found)
+        return found
+
+    def _refine(self, qvec: np.ndarray, knowledge: list[Knowledge],
+                trace: dict[str, Any]) -> list[Knowledge]:
+        """Keep the strips relevant to the question, recomposed per source in document order."""
+        strips = [(k, s) for k in _dedupe(knowledge) for s in split_strips(k.text)]
+        trace["strips_total"] = len(strips)
+        if not strips:
+            return []
+        vectors = self.rag.embedder.embed_documents([s for _, s in strips])
+        scores = vectors @ qvec
+        ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
+        keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
+        trace["strips_kept"] = len(keep)
+        by_source: dict[str, list[int]] = {}
+        for i in sorted(keep):
+            by_source.setdefault(strips[i][0].chunk_id, []).append(i)
+        refined = [replace(strips[idx[0]][0], text=" ".join(strips[i][1] for i in idx),
+                           score=float(max(scores[i] for i in idx)))
+                   for idx in by_source.values()]
+        return sorted(refined, key=lambda k: k.order)
+
+    def _generate(self, question: str, sources: list[Citation]) -> Generation:
+        if self.rag.generator is None:
+            raise GenerationError("no generator is configured")
+        return self.rag.generator.generate(self.rag.messages(question, sources))
+
+
+def _known_score(h: ScoredChunk) -> float | None:
+    if "rerank" in h.scores:
+        return h.scores["rerank"]
+    dense = [v for k, v in h.scores.items() if k.startswith("dense")]
+    return dense[0] if dense else None
+
+
+def _from_hit(h: ScoredChunk, score: float) -> Knowledge:
+    return Knowledge(document=h.source, chunk_id=h.chunk.id, text=h.chunk.text, score=score,
+                     order=(h.chunk.document_id, h.chunk.ordinal), page=h.chunk.page,
+                     heading=h.chunk.heading)
+
+
+def _dedupe(knowledge: list[Knowledge]) -> list[Knowledge]:
+    seen: dict[str, Knowledge] = {}
+    for k in knowledge:
+        if k.chunk_id not in seen or k.score > seen[k.chunk_id].score:
+            seen[k.chunk_id] = k
+    return list(seen.values())
+
+
+def _citations(knowledge: Sequence[Knowledge]) -> list[Citation]:
+    return [Citation(n=i, document=k.document, chunk_id=k.chunk_id, text=k.text, page=k.page,
+                     heading=k.heading) for i, k in enumerate(knowledge, start=1)]
+
+
+def _clean_query(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.removeprefix("Query:").strip().strip('"').strip()[:300]
+
+
+def _done(answer: Answer, timer: Timer, started: float, usage: dict[str, int],
+          trace: dict[str, Any]) -> Answer:
+    timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    merged = {k: usage.get(k, 0) + answer.usage.get(k, 0) for k in set(usage) | set(answer.usage)}
+    return replace(answer, timings=dict(timer.timings), usage=merged, trace=trace)
