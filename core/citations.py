@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.lexical import analyze
+
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
@@ -49,19 +51,16 @@ def check_citations(text: str, *, n_sources: int) -> CheckedCitations:
     return CheckedCitations(text=cleaned, cited=tuple(cited), invalid=tuple(invalid))
 
 
-_WORD = re.compile(r"[a-z0-9_]+(?:[.-][a-z0-9_]+)*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(\[])")
-_STOPWORDS = frozenset({
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "has",
-    "have", "how", "i", "if", "in", "is", "it", "its", "of", "on", "or", "so", "that", "the",
-    "their", "then", "there", "these", "this", "to", "was", "what", "when", "where", "which",
-    "who", "why", "will", "with", "you", "your", "according", "source", "sources",
-})
 
 
 def content_words(text: str) -> set[str]:
-    """Lower-cased words of ``text`` that carry meaning (stopwords removed)."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1}
+    """The stemmed BM25 terms of ``text`` (stopwords removed), as a set."""
+    return {w for w in analyze(text) if len(w) > 1 and w not in _FILLER}
+
+
+# Words that carry no evidence in an answer sentence, beyond BM25's stopwords.
+_FILLER = frozenset({"accord", "sourc", "document", "can", "do", "you", "your", "i", "we", "also"})
 
 
 def support(sentence: str, source_text: str) -> float:
@@ -72,7 +71,7 @@ def support(sentence: str, source_text: str) -> float:
     return len(words & content_words(source_text)) / len(words)
 
 
-def attribute(text: str, sources: Sequence[str], *, min_support: float = 0.6) -> str:
+def attribute(text: str, sources: Sequence[str], *, min_support: float = 0.5) -> str:
     """Append ``[n]`` to each sentence without a marker that source ``n`` (1-based) supports."""
     out = []
     for sentence in _SENTENCE_END.split(text.strip()):
@@ -86,3 +85,12 @@ def attribute(text: str, sources: Sequence[str], *, min_support: float = 0.6) ->
             sentence = f"{sentence[:end]} [{best + 1}]{sentence[end:]}"
         out.append(sentence)
     return " ".join(out)
+
+
+def best_support(text: str, sources: Sequence[str]) -> tuple[int, float]:
+    """The 0-based index of the source that best supports ``text`` as a whole, and its support."""
+    if not sources:
+        return -1, 0.0
+    scores = [support(text, s) for s in sources]
+    best = max(range(len(sources)), key=scores.__getitem__)
+    return best, scores[best]

@@ -19,7 +19,6 @@ Every answer carries a trace of what happened.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -28,8 +27,7 @@ import numpy as np
 
 from core.connectors import Connector
 from core.errors import GenerationError, NotFoundError
-from core.protocols import Generation
-from core.rag import ABSTAIN_TEXT, UNAVAILABLE_TEXT, RagPipeline, Timer, ground
+from core.rag import Prepared, RagPipeline
 from core.settings import CragSettings, RetrievalSettings
 from core.types import Answer, Citation, ScoredChunk, SearchFilter
 
@@ -90,9 +88,17 @@ class CorrectiveRag:
         self, question: str, *, collection: str, top_k: int | None = None,
         where: SearchFilter | None = None, retrieval: RetrievalSettings | None = None,
     ) -> Answer:
-        timer, started = Timer({}), time.perf_counter()
-        trace: dict[str, Any] = {"crag": True}
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        """Grade, correct and refine the evidence, then generate a grounded answer."""
+        return self.rag.complete(self.prepare(question, collection=collection, top_k=top_k,
+                                              where=where, retrieval=retrieval))
+
+    def prepare(
+        self, question: str, *, collection: str, top_k: int | None = None,
+        where: SearchFilter | None = None, retrieval: RetrievalSettings | None = None,
+    ) -> Prepared:
+        """Retrieve, grade and correct; the refined knowledge becomes the numbered sources."""
+        prepared = Prepared(question=question, usage={"prompt_tokens": 0, "completion_tokens": 0})
+        timer, trace = prepared.timer, prepared.trace
         cfg = retrieval or self.rag.settings
         hits = self.rag.retrieve(question, collection=collection, top_k=top_k, timer=timer,
                                  settings=cfg, where=where)
@@ -101,7 +107,7 @@ class CorrectiveRag:
             scored = self._relevance(qvec, hits)
         best = max((s for _, s in scored), default=0.0)
         action = grade(best, upper=self.settings.upper, lower=self.settings.lower)
-        trace.update(action=action, best_score=round(best, 4),
+        trace.update(crag=True, action=action, best_score=round(best, 4),
                      thresholds={"upper": self.settings.upper, "lower": self.settings.lower},
                      scores={h.chunk.id: round(s, 4) for h, s in scored})
         knowledge: list[Knowledge] = []
@@ -110,22 +116,17 @@ class CorrectiveRag:
         if action in ("incorrect", "ambiguous"):
             with timer.stage("correct_ms"):
                 knowledge += self._correct(question, qvec, collection=collection, where=where,
-                                           cfg=cfg, top_k=top_k, trace=trace, usage=usage)
+                                           cfg=cfg, top_k=top_k, trace=trace,
+                                           usage=prepared.usage)
         with timer.stage("refine_ms"):
             refined = self._refine(qvec, knowledge, trace)
-        closest = _citations([_from_hit(h, s) for h, s in scored])
-        if not refined:
+        if refined:
+            prepared.sources = _citations(refined)
+        else:
             trace["abstained"] = "no relevant knowledge after correction"
-            return _done(Answer(ABSTAIN_TEXT, "abstained", (), tuple(closest)), timer, started,
-                         usage, trace)
-        sources = _citations(refined)
-        try:
-            with timer.stage("generate_ms"):
-                generation = self._generate(question, sources)
-        except GenerationError:
-            return _done(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)),
-                         timer, started, usage, trace)
-        return _done(ground(generation, sources), timer, started, usage, trace)
+            prepared.sources = _citations([_from_hit(h, s) for h, s in scored])
+            prepared.abstain = True
+        return prepared
 
     def _relevance(self, qvec: np.ndarray, hits: Sequence[ScoredChunk]
                    ) -> list[tuple[ScoredChunk, float]]:
@@ -193,11 +194,6 @@ class CorrectiveRag:
                    for idx in by_source.values()]
         return sorted(refined, key=lambda k: k.order)
 
-    def _generate(self, question: str, sources: list[Citation]) -> Generation:
-        if self.rag.generator is None:
-            raise GenerationError("no generator is configured")
-        return self.rag.generator.generate(self.rag.messages(question, sources))
-
 
 def _known_score(h: ScoredChunk) -> float | None:
     if "rerank" in h.scores:
@@ -228,10 +224,3 @@ def _citations(knowledge: Sequence[Knowledge]) -> list[Citation]:
 def _clean_query(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line.removeprefix("Query:").strip().strip('"').strip()[:300]
-
-
-def _done(answer: Answer, timer: Timer, started: float, usage: dict[str, int],
-          trace: dict[str, Any]) -> Answer:
-    timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    merged = {k: usage.get(k, 0) + answer.usage.get(k, 0) for k in set(usage) | set(answer.usage)}
-    return replace(answer, timings=dict(timer.timings), usage=merged, trace=trace)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import openai
@@ -95,3 +97,74 @@ class OpenAIChatGenerator:
             "max_tokens": max_tokens or self._settings.max_tokens,
             "temperature": self._settings.temperature,
         }
+
+
+class CircuitBreaker:
+    """A ``Generator`` that stops calling a failing model server for a while.
+
+    After ``failures`` consecutive errors the circuit opens: calls fail at once
+    with ``GenerationError`` (so answers degrade to sources without waiting for
+    timeouts) until ``reset_s`` seconds pass; then one trial call is let through.
+
+    Example:
+        >>> gen = CircuitBreaker(OpenAIChatGenerator(settings), failures=3, reset_s=30)
+    """
+
+    def __init__(self, inner: OpenAIChatGenerator, *, failures: int = 3, reset_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self._threshold = failures
+        self._reset_s = reset_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None and self._clock() - self._opened_at < self._reset_s
+
+    def generate(self, messages: Sequence[dict[str, str]], *,
+                 max_tokens: int | None = None) -> Generation:
+        self._admit()
+        try:
+            result = self.inner.generate(messages, max_tokens=max_tokens)
+        except GenerationError:
+            self._failed()
+            raise
+        self._succeeded()
+        return result
+
+    def stream(self, messages: Sequence[dict[str, str]], *,
+               max_tokens: int | None = None) -> Iterator[str]:
+        self._admit()
+        try:
+            yield from self.inner.stream(messages, max_tokens=max_tokens)
+        except GenerationError:
+            self._failed()
+            raise
+        self._succeeded()
+
+    def health(self) -> bool:
+        return not self.is_open and self.inner.health()
+
+    def _admit(self) -> None:
+        if self.is_open:
+            raise GenerationError("the model server is failing; answers carry sources only "
+                                  "until it recovers")
+
+    def _failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                self._opened_at = self._clock()
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._opened_at = None

@@ -114,3 +114,7 @@ class Generator(Protocol):
             GenerationError: as for ``generate``; also mid-stream.
         """
         ...
+
+    def health(self) -> bool:
+        """Whether the server answers now (quickly; never raises)."""
+        ...

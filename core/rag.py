@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.citations import attribute, check_citations
+from core.citations import attribute, best_support, check_citations
 from core.errors import GenerationError
 from core.fusion import fuse
 from core.injection import neutralize
@@ -24,6 +24,7 @@ from core.types import Answer, Citation, ScoredChunk, SearchFilter
 
 ABSTAIN_TEXT = "The documents don't contain this."
 UNAVAILABLE_TEXT = "Generation is unavailable right now; the closest sources are listed."
+MIN_ANSWER_SUPPORT = 0.3  # share of an answer's content words a source must contain
 _DONT_KNOW = re.compile(r"\b(i\s+don'?t\s+know|not\s+in\s+the\s+(documents|sources))\b", re.I)
 
 
@@ -47,6 +48,27 @@ class _Stage:
     def __exit__(self, *exc: object) -> None:
         elapsed = (time.perf_counter() - self._start) * 1000
         self._timer.timings[self._name] = round(elapsed, 2)
+
+
+@dataclass
+class Prepared:
+    """A question with its sources, ready for generation; collects timings, usage and trace."""
+
+    question: str
+    sources: list[Citation] = field(default_factory=list)
+    abstain: bool = False
+    timer: Timer = field(default_factory=lambda: Timer({}))
+    started: float = field(default_factory=time.perf_counter)
+    usage: dict[str, int] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, answer: Answer) -> Answer:
+        """The answer with this preparation's timings, summed token usage and trace."""
+        self.timer.timings["total_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
+        usage = {k: self.usage.get(k, 0) + answer.usage.get(k, 0)
+                 for k in set(self.usage) | set(answer.usage)}
+        return replace(answer, timings=dict(self.timer.timings), usage=usage,
+                       trace={**self.trace, **answer.trace})
 
 
 class RagPipeline:
@@ -119,40 +141,59 @@ class RagPipeline:
             dense = [h.score for h in top]
         return bool(dense) and max(dense) >= self.settings.min_score
 
+    def prepare(
+        self, question: str, *, collection: str, top_k: int | None = None,
+        settings: RetrievalSettings | None = None, where: SearchFilter | None = None,
+    ) -> Prepared:
+        """Retrieve the sources for a question and decide whether to abstain."""
+        prepared = Prepared(question=question)
+        hits = self.retrieve(question, collection=collection, top_k=top_k, timer=prepared.timer,
+                             settings=settings, where=where)
+        hits = self.store.widen(hits, window=(settings or self.settings).widen)
+        prepared.sources = numbered_sources(hits)
+        prepared.abstain = not hits or not self.relevant(hits, question=question,
+                                                         collection=collection, where=where)
+        return prepared
+
     def answer(
         self, question: str, *, collection: str, top_k: int | None = None,
         settings: RetrievalSettings | None = None, where: SearchFilter | None = None,
     ) -> Answer:
         """Retrieve, generate and check citations; abstain when nothing relevant is found."""
-        timer = Timer({})
-        started = time.perf_counter()
-        hits = self.retrieve(question, collection=collection, top_k=top_k, timer=timer,
-                             settings=settings, where=where)
-        hits = self.store.widen(hits, window=(settings or self.settings).widen)
-        sources = numbered_sources(hits)
-        if not hits or not self.relevant(hits, question=question, collection=collection,
-                                         where=where):
-            return _finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)), timer, started)
-        try:
-            with timer.stage("generate_ms"):
-                generation = self._generate(question, sources)
-        except GenerationError:
-            return _finish(Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)),
-                           timer, started)
-        answer = ground(generation, sources)
-        return _finish(answer, timer, started)
+        return self.complete(self.prepare(question, collection=collection, top_k=top_k,
+                                          settings=settings, where=where))
 
-    def stream_answer(
-        self, question: str, *, collection: str, top_k: int | None = None,
-        where: SearchFilter | None = None,
-    ) -> tuple[list[Citation], Iterator[str]]:
-        """The sources, and the model's text deltas as they come."""
-        hits = self.retrieve(question, collection=collection, top_k=top_k, where=where)
-        sources = numbered_sources(hits)
-        relevant = self.relevant(hits, question=question, collection=collection, where=where)
-        if not relevant or not self.generator:
-            return sources, iter(())
-        return sources, self.generator.stream(self.messages(question, sources))
+    def complete(self, prepared: Prepared) -> Answer:
+        """Generate the answer for prepared sources (or abstain), grounded in them."""
+        sources = prepared.sources
+        if prepared.abstain:
+            return prepared.finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)))
+        try:
+            with prepared.timer.stage("generate_ms"):
+                generation = self._generate(prepared.question, sources)
+        except GenerationError:
+            return prepared.finish(
+                Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)))
+        return prepared.finish(ground(generation, sources))
+
+    def stream(self, prepared: Prepared) -> Iterator[str | Answer]:
+        """The answer's text deltas as the model writes them, then the grounded :class:`Answer`.
+
+        Raises:
+            GenerationError: the model server failed, before or during the stream.
+        """
+        if prepared.abstain or self.generator is None:
+            answer = self.complete(prepared)
+            yield answer.text
+            yield answer
+            return
+        parts: list[str] = []
+        with prepared.timer.stage("generate_ms"):
+            for delta in self.generator.stream(self.messages(prepared.question,
+                                                             prepared.sources)):
+                parts.append(delta)
+                yield delta
+        yield prepared.finish(ground(Generation(text="".join(parts).strip()), prepared.sources))
 
     def messages(self, question: str, sources: list[Citation]) -> list[dict[str, str]]:
         """The chat messages: rules, then the fenced sources with instructions removed."""
@@ -191,16 +232,17 @@ def ground(generation: Generation, sources: list[Citation]) -> Answer:
         checked = replace(check_citations(attributed, n_sources=len(sources)),
                           invalid=checked.invalid)
     if not checked.cited:
-        # Nothing in the answer is supported by a source: do not pass it off as grounded.
-        return Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources), usage=usage)
+        # No sentence is clearly supported on its own: cite the best source for the whole
+        # answer if it supports a fair share of it, else do not pass it off as grounded.
+        best, share = best_support(checked.text, [s.text for s in sources])
+        if share < MIN_ANSWER_SUPPORT:
+            return Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources), usage=usage,
+                          trace={"unsupported_answer": checked.text})
+        checked = check_citations(f"{checked.text} [{best + 1}]", n_sources=len(sources))
     by_n = {s.n: s for s in sources}
     citations = tuple(by_n[n] for n in checked.cited)
     return Answer(checked.text, "answered", citations, tuple(sources),
                   invalid_citations=checked.invalid, usage=usage)
 
 
-def _finish(answer: Answer, timer: Timer, started: float) -> Answer:
-    timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    return Answer(answer.text, answer.status, answer.citations, answer.sources,
-                  answer.invalid_citations, dict(timer.timings), dict(answer.usage))
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from core.connectors import Connector, build_connectors
 from core.embedders import SentenceTransformerEmbedder
-from core.generators import OpenAIChatGenerator
+from core.generators import CircuitBreaker, OpenAIChatGenerator
 from core.llama_server import LlamaCppServer
 from core.prompts import PromptLibrary
+from core.protocols import Generator
 from core.rag import RagPipeline
 from core.settings import Settings
 from core.stores.database import Database
@@ -29,7 +30,7 @@ class Runtime:
     store: PgvectorStore
     embedder: SentenceTransformerEmbedder
     prompts: PromptLibrary
-    generator: OpenAIChatGenerator | None = None
+    generator: Generator | None = None
     llm_server: LlamaCppServer | None = None
     connectors: list[Connector] = field(default_factory=list)
 
@@ -55,16 +56,17 @@ class Runtime:
         return "none"
 
 
-def start_generator(settings: Settings, stack: ExitStack) -> tuple[OpenAIChatGenerator,
+def start_generator(settings: Settings, stack: ExitStack) -> tuple[CircuitBreaker,
                                                                     LlamaCppServer | None]:
     """A generator for the configured server, starting the local one if none is configured."""
+    breaker = {"failures": settings.llm.breaker_failures, "reset_s": settings.llm.breaker_reset_s}
     if settings.llm.base_url:
-        return OpenAIChatGenerator(settings.llm), None
+        return CircuitBreaker(OpenAIChatGenerator(settings.llm), **breaker), None
     server = LlamaCppServer(settings.llm, data_dir=settings.data_dir)
     stack.enter_context(server)
     log.info("local llama.cpp server on %s (pid %s)", server.base_url, server.pid)
     llm = settings.llm.model_copy(update={"model": settings.llm.model or server.model_name})
-    return OpenAIChatGenerator(llm, base_url=server.base_url), server
+    return CircuitBreaker(OpenAIChatGenerator(llm, base_url=server.base_url), **breaker), server
 
 
 @contextmanager

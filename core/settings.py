@@ -84,6 +84,8 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     threads: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=180.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1, description="errors in a row that open the circuit")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="how long it stays open")
 
 
 class RetrievalSettings(BaseModel):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 
 from core.auth import Principal
 from core.crag import CorrectiveRag
-from core.rag import RagPipeline, Timer
+from core.errors import GenerationError
+from core.rag import Prepared, RagPipeline, Timer
 from core.runtime import Runtime
 from core.settings import RetrievalSettings
 from core.types import SearchFilter
@@ -31,17 +34,45 @@ def _plan(runtime: Runtime, principal: Principal, options: RetrievalOptions
     return runtime.rag(tenant=principal.tenant), collection, settings, where
 
 
-def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest) -> QueryResponse:
+def prepare_query(runtime: Runtime, principal: Principal, request: QueryRequest
+                  ) -> tuple[RagPipeline, Prepared]:
+    """Retrieve (and with CRAG, grade and correct) the sources for a question."""
     rag, collection, settings, where = _plan(runtime, principal, request)
     use_crag = runtime.settings.crag.enabled if request.crag is None else request.crag
     if use_crag:
         crag = CorrectiveRag(rag, runtime.settings.crag, runtime.connectors)
-        answer = crag.answer(request.question, collection=collection, top_k=request.top_k,
-                             where=where, retrieval=settings)
-    else:
-        answer = rag.answer(request.question, collection=collection, top_k=request.top_k,
+        return rag, crag.prepare(request.question, collection=collection, top_k=request.top_k,
+                                 where=where, retrieval=settings)
+    return rag, rag.prepare(request.question, collection=collection, top_k=request.top_k,
                             settings=settings, where=where)
-    return QueryResponse.of(answer)
+
+
+def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest) -> QueryResponse:
+    rag, prepared = prepare_query(runtime, principal, request)
+    return QueryResponse.of(rag.complete(prepared))
+
+
+def stream_query(rag: RagPipeline, prepared: Prepared) -> Iterator[str]:
+    """Server-sent events: ``token`` deltas, then ``citations``, ``trace`` and ``done``.
+
+    If the model server fails mid-stream the stream ends with an ``error`` event.
+    """
+    try:
+        for item in rag.stream(prepared):
+            if isinstance(item, str):
+                yield sse("token", {"text": item})
+                continue
+            final = QueryResponse.of(item)
+            yield sse("citations", final.model_dump(include={
+                "answer", "status", "citations", "sources", "invalid_citations"}))
+            yield sse("trace", final.model_dump(include={"timings", "usage", "trace"}))
+            yield sse("done", {})
+    except GenerationError as e:
+        yield sse("error", {"type": "generation_unavailable", "message": str(e)})
+
+
+def sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def search(runtime: Runtime, principal: Principal, request: SearchRequest) -> SearchResponse:

@@ -67,6 +67,8 @@ class QueryRequest(RetrievalOptions):
     crag: bool | None = Field(
         default=None, description="corrective RAG: grade retrieval, refine, re-retrieve or "
                                   "abstain; default: the server's setting")
+    stream: bool = Field(
+        default=False, description="server-sent events: token deltas, then citations and trace")
 
 
 class SearchRequest(RetrievalOptions):

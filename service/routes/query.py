@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from service import answering
 from service.deps import PrincipalDep, RuntimeDep
@@ -38,10 +38,19 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.post("/v1/query", response_model=QueryResponse, tags=["query"], responses=_ERRORS)
-def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep) -> QueryResponse:
-    """Answer a question from the documents the caller may read, with numbered citations."""
-    return answering.answer_query(runtime, principal, request)
+@router.post("/v1/query", response_model=QueryResponse, tags=["query"],
+             responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}})
+def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep
+          ) -> QueryResponse | StreamingResponse:
+    """Answer a question from the documents the caller may read, with numbered citations.
+
+    With ``"stream": true`` the answer comes as server-sent events.
+    """
+    if not request.stream:
+        return answering.answer_query(runtime, principal, request)
+    rag, prepared = answering.prepare_query(runtime, principal, request)
+    return StreamingResponse(answering.stream_query(rag, prepared), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post("/v1/search", response_model=SearchResponse, tags=["query"], responses=_ERRORS)
