@@ -201,6 +201,8 @@ def ask(
     collection: CollectionOpt = None,
     top_k: Annotated[int | None, typer.Option(min=1, max=50, help="sources to retrieve")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full answer as JSON")] = False,
+    crag: Annotated[bool | None, typer.Option(
+        "--crag/--no-crag", help="corrective RAG (default: VERITY_CRAG__ENABLED)")] = None,
 ) -> None:
     """Answer one question from the documents and print its sources."""
     from core.runtime import open_runtime
@@ -209,7 +211,14 @@ def ask(
     settings = _settings()
     name = validate_collection_name(collection) if collection else settings.collection
     with open_runtime(settings) as runtime:
-        answer = runtime.rag().answer(question, collection=name, top_k=top_k)
+        rag = runtime.rag()
+        if settings.crag.enabled if crag is None else crag:
+            from core.crag import CorrectiveRag
+
+            answer = CorrectiveRag(rag, settings.crag, runtime.connectors).answer(
+                question, collection=name, top_k=top_k)
+        else:
+            answer = rag.answer(question, collection=name, top_k=top_k)
     if as_json:
         from dataclasses import asdict
 
