@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from eval.datasets import DatasetError, dataset_hash, iter_corpus, load_beir
+from tests.helpers import write_beir
 
 pytestmark = pytest.mark.unit
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "scifact"
-
-
-def write_beir(root: Path, *, qrels: str | None = None) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    docs = [{"_id": "d1", "title": "Cats", "text": "Cats purr."},
-            {"_id": "d2", "title": "", "text": "Dogs bark.", "metadata": {}}]
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    queries = [{"_id": "q1", "text": "what purrs"}, {"_id": "q2", "text": "what barks"},
-               {"_id": "q3", "text": "unjudged"}]
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    default = "query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t2\nq1\td2\t0\n"
-    (root / "qrels" / "test.tsv").write_text(default if qrels is None else qrels)
-    return root
 
 
 def test_reads_judged_queries_in_qrels_order(tmp_path: Path) -> None:
