@@ -8,6 +8,8 @@ section and are never mixed with measured ones.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -50,6 +52,7 @@ class Provenance:
     git_commit: str | None
     created_utc: str
     command: str | None = None
+    machine: str = ""
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str | None:
@@ -74,8 +77,14 @@ def provenance(dataset: BeirDataset, *, command: str | None = None) -> Provenanc
         dataset=dataset.name, dataset_path=str(dataset.path), split=dataset.split,
         dataset_sha256=dataset.sha256, corpus_documents=dataset.corpus_size,
         git_commit=git_commit(), created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
-        command=command,
+        command=command, machine=machine(),
     )
+
+
+def machine() -> str:
+    """CPU count and 1-minute load average now: context for the latencies in a report."""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs{load}"
 
 
 def compare_modes(result: RetrievalResult, *, n_resamples: int = 10000) -> list[dict[str, Any]]:
@@ -152,6 +161,7 @@ def _provenance_lines(result: RetrievalResult, info: Provenance) -> list[str]:
                                f"({result.depth * result.oversample} binary candidates)"),
         ("git commit", f"`{info.git_commit}`" if info.git_commit else "unknown (no git)"),
         ("created (UTC)", info.created_utc),
+        ("machine at report time", info.machine or "unknown"),
     ]
     if info.command:
         rows.append(("command", f"`{info.command}`"))
