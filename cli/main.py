@@ -9,18 +9,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from core.errors import RagError
 from core.settings import Settings, validate_collection_name
+
+if TYPE_CHECKING:
+    from eval.datasets import BeirDataset
+    from eval.retrieval import RetrievalResult
+    from ingest.pipeline import IngestPipeline
 
 app = typer.Typer(
     name="verity",
@@ -322,6 +329,90 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="the key's id (see ke
     with Database(settings.store, data_dir=settings.data_dir) as db:
         ApiKeys(db).revoke(key_id)
     typer.echo(f"revoked key {key_id}")
+
+
+eval_app = typer.Typer(
+    help="Measure Verity on benchmark datasets; reports go to --out.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("retrieval")
+@clean_errors
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Option(help="BEIR dataset folder (corpus.jsonl, queries.jsonl, "
+                                               "qrels/)")],
+    collection: Annotated[str, typer.Option(help="collection to ingest the corpus into")],
+    out: Annotated[Path, typer.Option(help="folder for retrieval.md and retrieval.json")],
+    modes: Annotated[str, typer.Option(help="comma-separated: dense-float32, dense-binary-rescore")]
+        = "dense-float32,dense-binary-rescore",
+    limit_queries: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N "
+                                                                  "judged queries")] = None,
+    split: Annotated[str, typer.Option(help="qrels split")] = "test",
+    depth: Annotated[int, typer.Option(min=1, help="chunks retrieved per query")] = 250,
+    oversample: Annotated[int, typer.Option(min=1, help="binary candidates = depth x this")] = 4,
+) -> None:
+    """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports."""
+    from eval.datasets import load_beir
+    from eval.report import provenance, write_reports
+    from eval.retrieval import check_setup, parse_modes
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    name = validate_collection_name(collection)
+    try:
+        mode_list = parse_modes(modes)
+        check_setup(mode_list, depth=depth, oversample=oversample)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    data = load_beir(dataset, split=split).limited(limit_queries)
+    result = _ingest_and_evaluate(settings, data, name, mode_list, depth=depth,
+                                  oversample=oversample)
+    command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
+    markdown, report = write_reports(result, provenance(data, command=command), out)
+    for m in result.modes:
+        typer.echo(f"{m.mode}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
+                   + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms")
+    typer.echo(f"reports: {markdown} {report}")
+
+
+def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str, modes: list[str],
+                         *, depth: int, oversample: int) -> RetrievalResult:
+    from core.embedders import SentenceTransformerEmbedder
+    from core.stores.database import Database
+    from core.stores.pgvector_store import PgvectorStore
+    from eval.retrieval import evaluate_retrieval
+    from ingest.pipeline import IngestPipeline
+
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        store = PgvectorStore(db)
+        embedder = SentenceTransformerEmbedder(settings.embedder)
+        pipeline = IngestPipeline(store=store, embedder=embedder, chunking=settings.chunking)
+        _ingest_beir(pipeline, data, collection)
+        return evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
+                                  qrels=data.qrels, collection=collection, modes=modes,
+                                  depth=depth, oversample=oversample)
+
+
+def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -> None:
+    from tqdm import tqdm
+
+    from cli.beir_ingest import load_beir_corpus
+
+    started = time.perf_counter()
+    documents = load_beir_corpus(data.path, fingerprint=pipeline.fingerprint)
+    with tqdm(desc="ingest", unit="doc", total=data.corpus_size, file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        report = pipeline.ingest_documents(documents, collection=collection,
+                                           progress=lambda source, chunks: bar.update(1))
+    report.seconds = time.perf_counter() - started
+    for source, reason in report.failed:
+        typer.echo(f"failed: {source}: {reason}", err=True)
+    typer.echo(report.summary(), err=True)
+    if not report.ok:
+        raise _fail(f"{len(report.failed)} documents could not be ingested; scores would be "
+                    "wrong, so nothing was evaluated")
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

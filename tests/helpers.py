@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def make_pdf(pages: list[str]) -> bytes:
     """A valid PDF with one line of Helvetica text per page (a real text layer)."""
@@ -31,3 +34,27 @@ def make_pdf(pages: list[str]) -> bytes:
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
+
+
+_TINY_DOCS = [{"_id": "d1", "title": "Cats", "text": "Cats purr."},
+              {"_id": "d2", "title": "", "text": "Dogs bark.", "metadata": {}}]
+_TINY_QUERIES = [{"_id": "q1", "text": "what purrs"}, {"_id": "q2", "text": "what barks"},
+                 {"_id": "q3", "text": "unjudged"}]
+_TINY_QRELS = "query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t2\nq1\td2\t0\n"
+
+
+def write_beir(
+    root: Path, *, docs: list[dict[str, object]] | None = None,
+    queries: list[dict[str, object]] | None = None, qrels: str | None = None,
+) -> Path:
+    """A BEIR folder (by default two documents, three queries, two judged); returns ``root``.
+
+    ``qrels`` is the whole text of ``qrels/test.tsv``, header included.
+    """
+    (root / "qrels").mkdir(parents=True)
+    lines = [json.dumps(d) for d in (_TINY_DOCS if docs is None else docs)]
+    (root / "corpus.jsonl").write_text("".join(line + "\n" for line in lines))
+    lines = [json.dumps(q) for q in (_TINY_QUERIES if queries is None else queries)]
+    (root / "queries.jsonl").write_text("".join(line + "\n" for line in lines))
+    (root / "qrels" / "test.tsv").write_text(_TINY_QRELS if qrels is None else qrels)
+    return root
