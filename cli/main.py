@@ -423,3 +423,96 @@ def _asdict(obj: Any) -> dict[str, Any]:
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+@eval_app.command("qa")
+@clean_errors
+def eval_qa(
+    dataset: Annotated[Path, typer.Option(help="QA JSONL, a popqa_crag folder or a squad_v2 folder")],
+    out: Annotated[Path, typer.Option(help="folder for reports and the per-question cache")],
+    configs: Annotated[str, typer.Option(
+        help="comma-separated: rag, crag, crag+replay (CRAG with the dataset's recorded "
+             "web results)")] = "rag,crag",
+    collection: Annotated[str | None, typer.Option(
+        help="collection for the dataset's passages (default: qa-<dataset>)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
+) -> None:
+    """Answer a QA set with each configuration in one run; report accuracy, abstention, citations."""
+    from core.runtime import open_runtime
+    from eval.qa import run, summarize, write_reports
+    from eval.qa_datasets import load_qa
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    data = load_qa(dataset).limited(limit)
+    name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
+    wanted = [c.strip() for c in configs.split(",") if c.strip()]
+    unknown = set(wanted) - {"rag", "crag", "crag+replay"}
+    if unknown or not wanted:
+        raise _fail(f"unknown configs {sorted(unknown)}; use rag, crag, crag+replay")
+    if "crag+replay" in wanted and data.replay is None:
+        raise _fail(f"{data.name} ships no recorded search results for crag+replay")
+    with open_runtime(settings) as runtime:
+        _ingest_passages(runtime, data, name)
+        answerers = _qa_answerers(runtime, data, name, wanted)
+        started = time.perf_counter()
+        results = run(data, answerers, cache_dir=out / "cache",
+                      progress=lambda c, i, n: typer.echo(f"{c}: {i}/{n}", err=True)
+                      if i % 10 == 0 or i == n else None)
+        info = _qa_provenance(runtime, data, wanted, seconds=time.perf_counter() - started)
+    markdown, report = write_reports(data, results, info, out)
+    for config, outcomes in results.items():
+        s = summarize(outcomes)
+        typer.echo(f"{config}: accuracy {s['accuracy']:.3f}, false abstain "
+                   f"{s['false_abstain']:.3f}, abstain on unanswerable "
+                   f"{s['abstain_unanswerable']:.3f}, citation validity "
+                   f"{s['citation_validity']:.3f}, p50 {s['latency_p50_ms']:.0f} ms")
+    typer.echo(f"reports: {markdown} {report}")
+
+
+def _ingest_passages(runtime: Any, data: Any, collection: str) -> None:
+    import hashlib as _hashlib
+
+    from core.types import Document, Section
+    from ingest.pipeline import IngestPipeline
+
+    pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
+                              chunking=runtime.settings.chunking)
+    docs = (Document(source=p.id, title=p.title, sections=(Section(p.text),),
+                     content_hash=_hashlib.sha256(
+                         f"{p.title}\n{p.text}\n{pipeline.fingerprint}".encode()).hexdigest())
+            for p in data.corpus if p.text.strip())
+    report = pipeline.ingest_documents(docs, collection=collection)
+    typer.echo(f"corpus: {report.summary()}", err=True)
+
+
+def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[str]) -> dict[str, Any]:
+    from core.connectors import ReplayConnector
+    from core.crag import CorrectiveRag
+
+    rag = runtime.rag()
+    crag_settings = runtime.settings.crag.model_copy(update={"enabled": True})
+    out: dict[str, Any] = {}
+    for config in configs:
+        if config == "rag":
+            out[config] = lambda q: rag.answer(q, collection=collection)
+        else:
+            connectors = [ReplayConnector(*data.replay)] if config == "crag+replay" else []
+            crag = CorrectiveRag(rag, crag_settings, connectors)
+            out[config] = lambda q, crag=crag: crag.answer(q, collection=collection)
+    return out
+
+
+def _qa_provenance(runtime: Any, data: Any, configs: list[str], *, seconds: float
+                   ) -> dict[str, Any]:
+    from eval.report import git_commit, machine
+
+    return {
+        "dataset": data.name, "dataset_sha256": data.hash(), "questions": len(data.examples),
+        "corpus_passages": len(data.corpus), "configs": ", ".join(configs),
+        "embedder": runtime.embedder.name, "generator": runtime.generator_name,
+        "crag_thresholds": f"upper {runtime.settings.crag.upper}, lower {runtime.settings.crag.lower}",
+        "prompts": ", ".join(f"{k} {v[:12]}" for k, v in runtime.prompts.hashes().items()),
+        "git_commit": git_commit(), "machine": machine(), "seconds": round(seconds, 1),
+        "command": " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])]),
+    }
