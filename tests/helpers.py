@@ -31,3 +31,57 @@ def make_pdf(pages: list[str]) -> bytes:
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
+
+
+def make_docx(blocks: list[tuple[str, str]], *, table: list[list[str]] | None = None) -> bytes:
+    """A Word document from ``(style, text)`` paragraphs ("Heading 1", "Normal", ...), built
+    by python-docx; ``table`` rows are appended after them."""
+    import io
+
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        document.add_paragraph(text, style=style)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def make_pptx(slides: list[tuple[str, str, str]]) -> bytes:
+    """A deck of ``(title, body, notes)`` slides on the title-and-content layout, built by
+    python-pptx."""
+    import io
+
+    import pptx
+
+    deck = pptx.Presentation()
+    for title, body, notes in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+        if notes:
+            slide.notes_slide.notes_text_frame.text = notes
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
+def replace_zip_member(data: bytes, member: str, content: bytes | None) -> bytes:
+    """``data`` (a zip, such as .docx or .pptx) with ``member`` replaced, or removed if None."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename != member:
+                dst.writestr(info, src.read(info))
+            elif content is not None:
+                dst.writestr(info, content)
+    return out.getvalue()
