@@ -8,7 +8,7 @@ from core.settings import ChunkingSettings
 from core.stores.pgvector_store import PgvectorStore
 from ingest.pipeline import IngestPipeline, discover
 from tests.conftest import DOCS
-from tests.helpers import make_pdf
+from tests.helpers import make_docx, make_pdf, make_pptx
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +100,27 @@ def test_chunks_respect_the_token_budget(
     assert len(chunks) > 5
     assert max(c.token_count for c in chunks) <= ChunkingSettings().chunk_tokens
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+
+
+def test_office_and_data_files_are_ingested_and_corrupt_ones_skipped(
+    pipeline: IngestPipeline, store: PgvectorStore, tmp_path: Path, collection: str
+) -> None:
+    root = tmp_path / "formats"
+    root.mkdir()
+    (root / "leave.docx").write_bytes(make_docx([("Heading 1", "Leave"),
+                                                 ("Normal", "Parental leave is sixteen weeks.")]))
+    (root / "q1.pptx").write_bytes(make_pptx([("Q1", "Revenue rose five percent.", ""),
+                                              ("Hiring", "We hire two engineers.", "")]))
+    (root / "staff.csv").write_text("name,office\nAna,Lisbon\nBo,Oslo\n")
+    (root / "config.json").write_text('{"database": {"host": "pg.internal"}}')
+    (root / "faq.jsonl").write_text('{"q": "Who runs payroll?", "a": "Finance."}\n')
+    (root / "broken.docx").write_bytes(b"PK\x03\x04 truncated")
+    (root / "broken.pptx").write_bytes(make_pptx([("x", "y", "")])[:500])
+    report = pipeline.run([root], collection=collection)
+    assert sorted(report.added) == ["formats/config.json", "formats/faq.jsonl",
+                                    "formats/leave.docx", "formats/q1.pptx", "formats/staff.csv"]
+    assert sorted(dict(report.failed)) == ["formats/broken.docx", "formats/broken.pptx"]
+    hits = store.search_dense(collection=collection, top_k=1,
+                              query=pipeline.embedder.embed_query("engineers to hire"))
+    assert (hits[0].source, hits[0].chunk.page, hits[0].chunk.heading) == (
+        "formats/q1.pptx", 2, "Hiring")
