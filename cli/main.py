@@ -14,13 +14,16 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from core.errors import RagError
 from core.settings import Settings, validate_collection_name
+
+if TYPE_CHECKING:
+    from ingest.attributes import DocumentAttributes
 
 app = typer.Typer(
     name="verity",
@@ -92,22 +95,31 @@ def ingest(
     sync: Annotated[bool, typer.Option(help="delete documents whose files are gone")] = False,
     include: Annotated[list[str] | None, typer.Option(help="glob of sources to include")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="glob of sources to skip")] = None,
+    group: Annotated[list[str] | None, typer.Option(
+        help="ACL group for every document (repeatable; unioned with sidecar groups)")] = None,
+    meta: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE metadata for every document (repeatable; sidecar values win)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Load, split, embed and store documents. Unchanged files are skipped."""
+    """Load, split, embed and store documents. Unchanged files are skipped.
+
+    A file NAME may have a sidecar NAME.meta.json with {"metadata": {...}, "groups": [...]}.
+    """
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
     from ingest.pipeline import IngestPipeline
 
     _logging(logging.WARNING)
+    attributes = _attributes(group or [], meta or [])
     settings = _settings()
     name = validate_collection_name(collection) if collection else settings.collection
     with Database(settings.store, data_dir=settings.data_dir) as db:
         pipeline = IngestPipeline(store=PgvectorStore(db),
                                   embedder=SentenceTransformerEmbedder(settings.embedder),
                                   chunking=settings.chunking)
-        report = _run_with_progress(pipeline, paths, name, sync, include or [], exclude or [])
+        report = _run_with_progress(pipeline, paths, name, sync, include or [], exclude or [],
+                                    attributes)
     for source, reason in report.failed:
         typer.echo(f"failed: {source}: {reason}", err=True)
     typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
@@ -115,8 +127,25 @@ def ingest(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _attributes(groups: list[str], meta: list[str]) -> DocumentAttributes:
+    """``--group`` and ``--meta KEY=VALUE`` options as DocumentAttributes."""
+    from ingest.attributes import DocumentAttributes, clean_groups
+
+    metadata: dict[str, str] = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--meta expects KEY=VALUE, got {item!r}")
+        metadata[key.strip()] = value
+    try:
+        return DocumentAttributes(metadata=metadata, groups=clean_groups(groups))
+    except ValueError as e:
+        raise _fail(f"--group: {e}") from None
+
+
 def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: bool,
-                       include: list[str], exclude: list[str]) -> Any:
+                       include: list[str], exclude: list[str],
+                       attributes: DocumentAttributes) -> Any:
     from tqdm import tqdm
 
     bar = tqdm(desc="ingest", unit="doc", disable=not sys.stderr.isatty(), file=sys.stderr)
@@ -127,7 +156,7 @@ def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: 
 
     try:
         return pipeline.run(paths, collection=collection, sync=sync, include=include,
-                            exclude=exclude, progress=progress)
+                            exclude=exclude, attributes=attributes, progress=progress)
     finally:
         bar.close()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import LoaderError
 from core.types import Document, Section
+from ingest.attributes import DocumentAttributes, read_sidecar
 
 Loader = Callable[[bytes, str], tuple[str, list[Section]]]
 
@@ -363,7 +364,7 @@ LOADERS: dict[str, Loader] = {
 def load_file(
     path: Path, *, source: str, max_bytes: int, fingerprint: str = ""
 ) -> Document:
-    """Read one file into a Document.
+    """Read one file, and its sidecar ``NAME.meta.json`` if there is one, into a Document.
 
     Args:
         path: the file.
@@ -373,7 +374,8 @@ def load_file(
             embedding settings re-ingests unchanged files.
 
     Raises:
-        LoaderError: unsupported type, too large, unreadable, empty or malformed.
+        LoaderError: unsupported type, too large, unreadable, empty or malformed,
+            or a malformed sidecar.
     """
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
@@ -387,6 +389,7 @@ def load_file(
         raise LoaderError(f"cannot read file ({e.strerror or type(e).__name__})") from e
     if not data.strip():
         raise LoaderError("empty file")
+    attributes = read_sidecar(path) or DocumentAttributes()
     title, sections = loader(data, path.name)
     sections = [s for s in sections if s.text.strip()]
     if not sections:
@@ -394,4 +397,5 @@ def load_file(
     digest = hashlib.sha256(data)
     digest.update(fingerprint.encode())
     return Document(source=source, title=title, sections=tuple(sections),
-                    content_hash=digest.hexdigest())
+                    content_hash=digest.hexdigest(), metadata=dict(attributes.metadata),
+                    acl_groups=attributes.groups)

@@ -151,3 +151,13 @@ def test_serve_answers_restarts_without_reingesting_and_leaves_nothing_running(
     assert "0 chunks written" in second_log
     time.sleep(1)
     assert _processes_using(data_dir) == []
+
+
+@pytest.mark.parametrize(("option", "needle"), [
+    (["--meta", "no-equals-sign"], "--meta expects KEY=VALUE, got 'no-equals-sign'"),
+    (["--meta", "=value"], "--meta expects KEY=VALUE"),
+    (["--group", " "], "--group: group names must be non-blank"),
+])
+def test_malformed_ingest_attributes(tmp_path: Path, option: list[str], needle: str) -> None:
+    _assert_one_line_error(_run(["ingest", str(tmp_path), *option], _env(tmp_path), timeout=60),
+                           needle)

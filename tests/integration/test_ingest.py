@@ -1,11 +1,14 @@
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.embedders import SentenceTransformerEmbedder
 from core.settings import ChunkingSettings
+from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
+from ingest.attributes import DocumentAttributes
 from ingest.pipeline import IngestPipeline, discover
 from tests.conftest import DOCS
 from tests.helpers import make_docx, make_pdf, make_pptx
@@ -102,6 +105,16 @@ def test_chunks_respect_the_token_budget(
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
 
 
+def _documents(db: Database, collection: str) -> dict[str, dict[str, Any]]:
+    """source -> the documents row (title, metadata, groups, chunk_count) of a collection."""
+    with db.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source, d.title, d.metadata, d.acl_groups, d.chunk_count FROM documents d "
+            "JOIN collections c ON c.id = d.collection_id WHERE c.name = %s", (collection,)
+        ).fetchall()
+    return {r[0]: {"title": r[1], "metadata": r[2], "groups": r[3], "chunks": r[4]} for r in rows}
+
+
 def test_office_and_data_files_are_ingested_and_corrupt_ones_skipped(
     pipeline: IngestPipeline, store: PgvectorStore, tmp_path: Path, collection: str
 ) -> None:
@@ -124,3 +137,37 @@ def test_office_and_data_files_are_ingested_and_corrupt_ones_skipped(
                               query=pipeline.embedder.embed_query("engineers to hire"))
     assert (hits[0].source, hits[0].chunk.page, hits[0].chunk.heading) == (
         "formats/q1.pptx", 2, "Hiring")
+
+
+def test_sidecars_and_run_attributes_land_in_the_documents_table(
+    pipeline: IngestPipeline, database: Database, tmp_path: Path, collection: str
+) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "policy.md").write_text("# Policy\nLeave is sixteen weeks.\n")
+    sidecar = root / "policy.md.meta.json"
+    sidecar.write_text('{"metadata": {"owner": "hr", "team": "people"}, "groups": ["hr"]}')
+    (root / "plain.txt").write_text("Nothing special here.")
+    (root / "broken.txt").write_text("Has a bad sidecar.")
+    (root / "broken.txt.meta.json").write_text('{"groups": "hr"}')
+    run = DocumentAttributes(metadata={"team": "all", "env": "prod"}, groups=("legal",))
+
+    report = pipeline.run([root], collection=collection, attributes=run)
+    assert sorted(report.added) == ["kb/plain.txt", "kb/policy.md"]
+    assert [s for s, _ in report.failed] == ["kb/broken.txt"]
+    assert "sidecar broken.txt.meta.json" in report.failed[0][1]
+    docs = _documents(database, collection)
+    assert set(docs) == {"kb/plain.txt", "kb/policy.md"}
+    assert docs["kb/policy.md"]["metadata"] == {"owner": "hr", "team": "people", "env": "prod"}
+    assert docs["kb/policy.md"]["groups"] == ["hr", "legal"]
+    assert docs["kb/plain.txt"]["metadata"] == {"team": "all", "env": "prod"}
+    assert docs["kb/plain.txt"]["groups"] == ["legal"]
+
+    assert pipeline.run([root], collection=collection, attributes=run).updated == []
+    sidecar.write_text('{"metadata": {"owner": "legal"}, "groups": ["hr", "exec"]}')
+    changed = pipeline.run([root], collection=collection, attributes=run)
+    assert changed.updated == ["kb/policy.md"] and sorted(changed.unchanged) == ["kb/plain.txt"]
+    assert _documents(database, collection)["kb/policy.md"]["groups"] == ["exec", "hr", "legal"]
+    regrouped = pipeline.run([root], collection=collection)
+    assert sorted(regrouped.updated) == ["kb/plain.txt", "kb/policy.md"]
+    assert _documents(database, collection)["kb/plain.txt"]["groups"] == []
