@@ -1,6 +1,33 @@
-"""Small builders for test inputs."""
+"""Small builders for test inputs, and helpers for running the ``verity`` command."""
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+
+VERITY = [sys.executable, "-m", "cli"]
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment for a ``verity`` subprocess: no VERITY_ variables but the data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
+    env.update(VERITY_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def processes_using(data_dir: Path) -> list[psutil.Process]:
+    """Processes (postgres, llama.cpp) whose command line names ``data_dir``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def make_pdf(pages: list[str]) -> bytes:
