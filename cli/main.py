@@ -12,7 +12,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -23,6 +24,7 @@ from core.errors import RagError
 from core.settings import Settings, validate_collection_name
 
 if TYPE_CHECKING:
+    from core.types import Document
     from ingest.attributes import DocumentAttributes
 
 app = typer.Typer(
@@ -87,11 +89,23 @@ CollectionOpt = Annotated[
 ]
 
 
+class IngestFormat(StrEnum):
+    """What the paths given to ``verity ingest`` are."""
+
+    files = "files"
+    beir = "beir"
+
+
 @app.command()
 @clean_errors
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="files or directories (recursive)")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="files or directories (recursive); with --format beir, BEIR dataset folders "
+             "or corpus.jsonl files")],
     collection: CollectionOpt = None,
+    fmt: Annotated[IngestFormat, typer.Option(
+        "--format", help="files: documents by suffix; beir: one document per corpus.jsonl "
+                         "record")] = IngestFormat.files,
     sync: Annotated[bool, typer.Option(help="delete documents whose files are gone")] = False,
     include: Annotated[list[str] | None, typer.Option(help="glob of sources to include")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="glob of sources to skip")] = None,
@@ -111,6 +125,9 @@ def ingest(
     from ingest.pipeline import IngestPipeline
 
     _logging(logging.WARNING)
+    if fmt is IngestFormat.beir and (sync or include or exclude):
+        raise _fail("--sync, --include and --exclude work with --format files only; "
+                    "leave them out for BEIR corpora")
     attributes = _attributes(group or [], meta or [])
     settings = _settings()
     name = validate_collection_name(collection) if collection else settings.collection
@@ -118,8 +135,14 @@ def ingest(
         pipeline = IngestPipeline(store=PgvectorStore(db),
                                   embedder=SentenceTransformerEmbedder(settings.embedder),
                                   chunking=settings.chunking)
-        report = _run_with_progress(pipeline, paths, name, sync, include or [], exclude or [],
-                                    attributes)
+        if fmt is IngestFormat.beir:
+            report = _with_progress(functools.partial(
+                pipeline.ingest_documents, _beir_documents(paths, pipeline.fingerprint),
+                collection=name, attributes=attributes))
+        else:
+            report = _with_progress(functools.partial(
+                pipeline.run, paths, collection=name, sync=sync, include=include or [],
+                exclude=exclude or [], attributes=attributes))
     for source, reason in report.failed:
         typer.echo(f"failed: {source}: {reason}", err=True)
     typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
@@ -143,9 +166,16 @@ def _attributes(groups: list[str], meta: list[str]) -> DocumentAttributes:
         raise _fail(f"--group: {e}") from None
 
 
-def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: bool,
-                       include: list[str], exclude: list[str],
-                       attributes: DocumentAttributes) -> Any:
+def _beir_documents(paths: list[Path], fingerprint: str) -> Iterator[Document]:
+    """The documents of every BEIR corpus in ``paths``, one corpus after another."""
+    from ingest.beir import load_beir_corpus
+
+    for path in paths:
+        yield from load_beir_corpus(path, fingerprint=fingerprint)
+
+
+def _with_progress(run: Callable[..., Any]) -> Any:
+    """Call ``run(progress=...)`` with a progress bar on stderr when it is a terminal."""
     from tqdm import tqdm
 
     bar = tqdm(desc="ingest", unit="doc", disable=not sys.stderr.isatty(), file=sys.stderr)
@@ -155,8 +185,7 @@ def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: 
         bar.set_postfix(chunks=chunks)
 
     try:
-        return pipeline.run(paths, collection=collection, sync=sync, include=include,
-                            exclude=exclude, attributes=attributes, progress=progress)
+        return run(progress=progress)
     finally:
         bar.close()
 

@@ -166,7 +166,12 @@ class IngestPipeline:
         change of metadata or groups rewrites the document. Chunks of several
         documents are embedded together in batches of about ``batch_chunks``,
         then each document is written in its own transaction.
+
+        Raises:
+            LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
+                say); the documents flushed before it stay written.
         """
+        started = time.perf_counter()
         report = report or IngestReport(collection=collection)
         run_attributes = attributes or DocumentAttributes()
         self.store.ensure_collection(collection, embed_model=self.embedder.name,
@@ -182,11 +187,12 @@ class IngestPipeline:
                 self._flush(pending, collection, report, progress)
                 pending = []
         self._flush(pending, collection, report, progress)
+        report.seconds += time.perf_counter() - started
         return report
 
     def _prepare(self, document: Document, *, collection: str, report: IngestReport,
                  progress: Progress | None) -> _Pending | None:
-        """The document split into chunks, or None when it is unchanged."""
+        """The document split into chunks, or None when it is unchanged or has no text."""
         stored = self.store.document_hash(collection=collection, source=document.source)
         if stored == document.content_hash:
             report.unchanged.append(document.source)
@@ -194,7 +200,11 @@ class IngestPipeline:
                 progress(document.source, report.chunks_written)
             return None
         doc_id = document_id(collection=f"{self.store.tenant}/{collection}", source=document.source)
-        return _Pending(document, stored is None, self.splitter.split(document, doc_id=doc_id))
+        chunks = self.splitter.split(document, doc_id=doc_id)
+        if not chunks:
+            report.failed.append((document.source, "no text found"))
+            return None
+        return _Pending(document, stored is None, chunks)
 
     def _load(self, files: Sequence[SourceFile], report: IngestReport) -> Iterator[Document]:
         for file in files:

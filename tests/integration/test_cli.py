@@ -140,3 +140,9 @@ def test_serve_answers_restarts_without_reingesting_and_leaves_nothing_running(
 def test_malformed_ingest_attributes(tmp_path: Path, option: list[str], needle: str) -> None:
     _assert_one_line_error(_run(["ingest", str(tmp_path), *option], cli_env(tmp_path), timeout=60),
                            needle)
+
+
+def test_beir_format_refuses_file_options(tmp_path: Path) -> None:
+    result = _run(["ingest", str(tmp_path), "--format", "beir", "--sync"], cli_env(tmp_path),
+                  timeout=60)
+    _assert_one_line_error(result, "--sync, --include and --exclude work with --format files only")

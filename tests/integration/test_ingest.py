@@ -1,17 +1,20 @@
+import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.embedders import SentenceTransformerEmbedder
-from core.settings import ChunkingSettings
+from core.settings import ChunkingSettings, StoreSettings
 from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
 from ingest.attributes import DocumentAttributes
+from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline, discover
 from tests.conftest import DOCS
-from tests.helpers import make_docx, make_pdf, make_pptx
+from tests.helpers import VERITY, cli_env, make_docx, make_pdf, make_pptx
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +174,55 @@ def test_sidecars_and_run_attributes_land_in_the_documents_table(
     regrouped = pipeline.run([root], collection=collection)
     assert sorted(regrouped.updated) == ["kb/plain.txt", "kb/policy.md"]
     assert _documents(database, collection)["kb/plain.txt"]["groups"] == []
+
+
+def _write_beir(folder: Path, records: list[tuple[str, str, str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"_id": i, "title": t, "text": x, "metadata": {}}) for i, t, x in records]
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+BEIR_RECORDS = [
+    ("101", "Aspirin and fever", "Aspirin lowers fever in adults within an hour."),
+    ("102", "Statins", "Statins reduce LDL cholesterol and cardiovascular events."),
+    ("103", "Vitamin D", "Vitamin D supplementation did not prevent fractures."),
+]
+
+
+def test_beir_corpus_is_ingested_one_document_per_record(
+    pipeline: IngestPipeline, store: PgvectorStore, database: Database, tmp_path: Path,
+    collection: str,
+) -> None:
+    corpus = _write_beir(tmp_path / "mini-beir", [*BEIR_RECORDS, ("104", "", "")])
+    documents = load_beir_corpus(corpus, fingerprint=pipeline.fingerprint)
+    report = pipeline.ingest_documents(documents, collection=collection)
+    assert sorted(report.added) == ["101", "102", "103"]
+    assert report.failed == [("104", "no text found")]
+    assert {s: d["title"] for s, d in _documents(database, collection).items()} == {
+        i: t for i, t, _ in BEIR_RECORDS}
+    hits = store.search_dense(collection=collection, top_k=1,
+                              query=pipeline.embedder.embed_query("cholesterol lowering drugs"))
+    assert hits[0].source == "102"
+    again = pipeline.ingest_documents(load_beir_corpus(corpus, fingerprint=pipeline.fingerprint),
+                                      collection=collection)
+    assert sorted(again.unchanged) == ["101", "102", "103"] and again.chunks_written == 0
+    assert report.seconds > 0
+
+
+@pytest.mark.slow
+def test_cli_ingests_beir_with_groups_and_metadata(tmp_path: Path) -> None:
+    corpus = _write_beir(tmp_path / "mini-beir", BEIR_RECORDS)
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        VERITY + ["ingest", str(corpus), "--format", "beir", "--collection", "sci",
+                  "--group", "research", "--group", "hr", "--meta", "dataset=mini", "--json"],
+        env=cli_env(data_dir), capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["added"]) == ["101", "102", "103"]
+    with Database(StoreSettings(), data_dir=data_dir) as db:
+        docs = _documents(db, "sci")
+    assert {d["title"] for d in docs.values()} == {t for _, t, _ in BEIR_RECORDS}
+    assert all(d["groups"] == ["hr", "research"] for d in docs.values())
+    assert all(d["metadata"] == {"dataset": "mini"} for d in docs.values())
