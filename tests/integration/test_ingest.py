@@ -1,8 +1,9 @@
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import pytest
 
@@ -14,7 +15,7 @@ from ingest.attributes import DocumentAttributes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline, discover
 from tests.conftest import DOCS
-from tests.helpers import VERITY, cli_env, make_docx, make_pdf, make_pptx
+from tests.helpers import VERITY, cli_env, make_docx, make_pdf, make_pptx, processes_using
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +227,101 @@ def test_cli_ingests_beir_with_groups_and_metadata(tmp_path: Path) -> None:
     assert {d["title"] for d in docs.values()} == {t for _, t, _ in BEIR_RECORDS}
     assert all(d["groups"] == ["hr", "research"] for d in docs.values())
     assert all(d["metadata"] == {"dataset": "mini"} for d in docs.values())
+
+
+N_NOTES = 40
+TOPICS = ["payroll", "leave", "security", "hiring", "travel", "pensions", "laptops", "offices"]
+
+# Every chunk as (document id, chunk id, text digest): what a clean run must reproduce.
+CHUNK_ROWS = "SELECT d.id, k.id, md5(k.text) FROM documents d JOIN chunks k ON k.document_id = d.id"
+# Documents whose recorded chunk_count is not their number of chunks (a half-written one).
+MISCOUNTED = """
+SELECT d.source FROM documents d
+WHERE d.chunk_count <> (SELECT count(*) FROM chunks k WHERE k.document_id = d.id)
+"""
+
+
+def _write_notes(root: Path) -> Path:
+    """``N_NOTES`` small Markdown notes of 8 one-line sections (8 short chunks) each.
+
+    320 chunks take two embedding batches (a batch closes at 256 chunks), so a
+    run can be caught with some documents written and others not; short
+    chunks keep the runs cheap.
+    """
+    root.mkdir()
+    for i in range(N_NOTES):
+        sections = [f"## Part {p}\nThe {TOPICS[(i + p) % len(TOPICS)]} team of note {i} "
+                    f"logged {i * 31 + p * 7} items on day {p + 1}." for p in range(8)]
+        (root / f"note-{i:02d}.md").write_text(f"# Note {i}\n" + "\n".join(sections))
+    return root
+
+
+def _ingest_cli(corpus: Path, data_dir: Path) -> dict[str, Any]:
+    result = subprocess.run(VERITY + ["ingest", str(corpus), "--json"], env=cli_env(data_dir),
+                            capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _query(db: Database, sql: LiteralString) -> set[tuple[Any, ...]]:
+    with db.pool.connection() as conn:
+        return set(conn.execute(sql).fetchall())
+
+
+def _kill_when_partly_written(corpus: Path, data_dir: Path, db: Database) -> int:
+    """Start ``verity ingest``, SIGKILL it once some documents but not all are in; their count."""
+    proc = subprocess.Popen(VERITY + ["ingest", str(corpus)], env=cli_env(data_dir),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        written = _wait_until_partly_written(proc, db)
+    finally:
+        proc.kill()  # SIGKILL; nothing if it has exited already
+        _, err = proc.communicate(timeout=30)
+    assert written, f"never saw a partly written run (exit code {proc.returncode}): {err[-2000:]}"
+    return written
+
+
+def _wait_until_partly_written(proc: subprocess.Popen[str], db: Database) -> int:
+    """The number of documents once it is between 0 and all; 0 if the run ended first."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        [(written,)] = _query(db, "SELECT count(*) FROM documents")
+        if 0 < written < N_NOTES:
+            return int(written)
+        time.sleep(0.02)
+    return 0
+
+
+@pytest.mark.slow
+def test_ingest_killed_midway_resumes_to_the_rows_of_a_clean_run(
+    embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    corpus = _write_notes(tmp_path / "notes")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    # This process holds the embedded server of ``killed`` throughout; the killed run and the
+    # resumed run attach to it, and closing this Database last must stop it.
+    db = Database(StoreSettings(), data_dir=killed).open()
+    try:
+        seen = _kill_when_partly_written(corpus, killed, db)
+        partial = _query(db, CHUNK_ROWS)
+        assert _query(db, MISCOUNTED) == set()
+        resumed = _ingest_cli(corpus, killed)
+        rows = _query(db, CHUNK_ROWS)
+        assert _query(db, MISCOUNTED) == set()
+    finally:
+        db.close()
+    assert seen <= len({doc for doc, _, _ in partial}) < N_NOTES
+    assert len(resumed["added"]) + len(resumed["unchanged"]) == N_NOTES and resumed["added"]
+    assert len(resumed["unchanged"]) >= seen and not resumed["failed"]
+
+    # The clean run: the same pipeline and settings as the CLI's, in this process (the
+    # embedder is loaded already), into a fresh data dir.
+    with Database(StoreSettings(), data_dir=clean) as clean_db:
+        fresh = IngestPipeline(store=PgvectorStore(clean_db), embedder=embedder,
+                               chunking=ChunkingSettings())
+        assert fresh.run([corpus], collection="default").ok
+        expected = _query(clean_db, CHUNK_ROWS)
+    assert rows == expected
+    assert partial < rows
+    assert processes_using(killed) == [] and processes_using(clean) == []
