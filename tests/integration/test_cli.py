@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from core.llama_server import free_port
 from tests.conftest import DOCS
+from tests.helpers import VERITY, cli_env, processes_using
 
 pytestmark = pytest.mark.integration
-
-VERITY = [sys.executable, "-m", "cli"]
-
-
-def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
-    env.update(VERITY_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", **extra)
-    return env
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -46,19 +36,19 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
 
 @pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
-    result = _run([*command, "--help"], _env(tmp_path), timeout=60)
+    result = _run([*command, "--help"], cli_env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
 def test_missing_model_file(tmp_path: Path) -> None:
-    env = _env(tmp_path, VERITY_LLM__GGUF_PATH=str(tmp_path / "absent.gguf"))
+    env = cli_env(tmp_path, VERITY_LLM__GGUF_PATH=str(tmp_path / "absent.gguf"))
     _assert_one_line_error(_run(["ask", "anything"], env), "cannot be read", "absent.gguf")
 
 
 def test_corrupt_model_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"this is not a model" * 100)
-    env = _env(tmp_path, VERITY_LLM__GGUF_PATH=str(bad))
+    env = cli_env(tmp_path, VERITY_LLM__GGUF_PATH=str(bad))
     _assert_one_line_error(_run(["ask", "anything"], env), "not a GGUF file")
 
 
@@ -67,35 +57,24 @@ def test_occupied_port(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = _run(["serve", "--port", str(port)], _env(tmp_path), timeout=60)
+        result = _run(["serve", "--port", str(port)], cli_env(tmp_path), timeout=60)
     _assert_one_line_error(result, f"127.0.0.1:{port}")
 
 
 def test_unreachable_database(tmp_path: Path) -> None:
-    env = _env(tmp_path, VERITY_STORE__DSN="postgresql://v:pw@127.0.0.1:1/v",
+    env = cli_env(tmp_path, VERITY_STORE__DSN="postgresql://v:pw@127.0.0.1:1/v",
                VERITY_STORE__CONNECT_TIMEOUT_S="2")
     _assert_one_line_error(_run(["status"], env, timeout=60), "cannot connect to the database")
 
 
 def test_invalid_setting(tmp_path: Path) -> None:
-    env = _env(tmp_path, VERITY_RETRIEVAL__TOP_K="zero")
+    env = cli_env(tmp_path, VERITY_RETRIEVAL__TOP_K="zero")
     _assert_one_line_error(_run(["status"], env, timeout=60), "retrieval.top_k")
-
-
-def _processes_using(data_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(data_dir) in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def _serve(data_dir: Path, docs: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(VERITY + ["serve", "--dev", "--port", str(port), "--ingest", str(docs)],
-                            env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=cli_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
 
 
@@ -133,13 +112,13 @@ def test_serve_answers_restarts_without_reingesting_and_leaves_nothing_running(
         body = r.json()
         assert body["status"] == "answered", body
         assert "docs/configuration.md" in {c["document"] for c in body["citations"]}
-        assert _processes_using(data_dir), "postgres and llama.cpp should be running"
+        assert processes_using(data_dir), "postgres and llama.cpp should be running"
     finally:
         first_log = _stop(proc)
     assert proc.returncode == 0, first_log
     assert "0 unchanged" in first_log and "0 failed" in first_log
     time.sleep(1)
-    assert _processes_using(data_dir) == []
+    assert processes_using(data_dir) == []
 
     proc = _serve(data_dir, docs, port)
     try:
@@ -150,4 +129,20 @@ def test_serve_answers_restarts_without_reingesting_and_leaves_nothing_running(
     assert f"0 added, 0 updated, {n_docs} unchanged" in second_log, second_log
     assert "0 chunks written" in second_log
     time.sleep(1)
-    assert _processes_using(data_dir) == []
+    assert processes_using(data_dir) == []
+
+
+@pytest.mark.parametrize(("option", "needle"), [
+    (["--meta", "no-equals-sign"], "--meta expects KEY=VALUE, got 'no-equals-sign'"),
+    (["--meta", "=value"], "--meta expects KEY=VALUE"),
+    (["--group", " "], "--group: group names must be non-blank"),
+])
+def test_malformed_ingest_attributes(tmp_path: Path, option: list[str], needle: str) -> None:
+    _assert_one_line_error(_run(["ingest", str(tmp_path), *option], cli_env(tmp_path), timeout=60),
+                           needle)
+
+
+def test_beir_format_refuses_file_options(tmp_path: Path) -> None:
+    result = _run(["ingest", str(tmp_path), "--format", "beir", "--sync"], cli_env(tmp_path),
+                  timeout=60)
+    _assert_one_line_error(result, "--sync, --include and --exclude work with --format files only")

@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -7,6 +10,7 @@ from pydantic import SecretStr
 from core.errors import StoreError
 from core.settings import StoreSettings
 from core.stores.database import Database, apply_migrations, migration_files
+from tests.helpers import processes_using
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +41,15 @@ def test_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
     message = str(info.value)
     assert "cannot connect to the database" in message and "VERITY_STORE__DSN" in message
     assert "secret" not in message and "\n" not in message
+
+
+def test_a_killed_holder_does_not_keep_the_embedded_server_running(tmp_path: Path) -> None:
+    with Database(StoreSettings(), data_dir=tmp_path):
+        pass
+    # What a process killed with SIGKILL leaves behind: its pid in the list of holders.
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)
+    (tmp_path / "postgres" / ".handle_pids.json").write_text(json.dumps([int(exited.stdout)]))
+    with Database(StoreSettings(), data_dir=tmp_path) as db:
+        assert db.ping() and processes_using(tmp_path)
+    assert processes_using(tmp_path) == []
