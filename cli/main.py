@@ -572,3 +572,42 @@ def _qa_provenance(runtime: Any, data: Any, configs: list[str], *, seconds: floa
         "git_commit": git_commit(), "machine": machine(), "seconds": round(seconds, 1),
         "command": " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])]),
     }
+
+
+@eval_app.command("calibrate")
+@clean_errors
+def eval_calibrate(
+    dataset: Annotated[Path, typer.Option(help="QA JSONL, a popqa_crag folder or a squad_v2 folder")],
+    collection: Annotated[str | None, typer.Option(
+        help="collection for the dataset's passages (default: qa-<dataset>)")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
+    target: Annotated[float, typer.Option(min=0.5, max=1.0,
+                                          help="precision each region must reach")] = 0.8,
+) -> None:
+    """Fit corrective RAG's evaluator thresholds on labelled questions (no generation)."""
+    from core.crag import CorrectiveRag
+    from core.runtime import open_runtime
+    from eval.calibrate import fit_thresholds
+    from eval.metrics import contains_answer
+    from eval.qa_datasets import load_qa
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    data = load_qa(dataset).limited(limit)
+    name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
+    scores, labels = [], []
+    with open_runtime(settings, generator=False) as runtime:
+        _ingest_passages(runtime, data, name)
+        crag = CorrectiveRag(runtime.rag(), settings.crag)
+        for example in (e for e in data.examples if e.answers):
+            hits = crag.rag.retrieve(example.question, collection=name)
+            _, _, best = crag.evaluate(example.question, hits)
+            scores.append(best)
+            labels.append(any(contains_answer(h.chunk.text, list(example.answers)) for h in hits))
+    t = fit_thresholds(scores, labels, target=target)
+    typer.echo(f"{t.n} questions, {sum(labels)} with the answer in the retrieved chunks")
+    typer.echo(f"correct   >= {t.upper}: precision {t.precision_correct}, {t.share_correct:.0%} "
+               "of questions")
+    typer.echo(f"incorrect <  {t.lower}: precision {t.precision_incorrect}, "
+               f"{t.share_incorrect:.0%} of questions")
+    typer.echo(f"VERITY_CRAG__UPPER={t.upper}\nVERITY_CRAG__LOWER={t.lower}")

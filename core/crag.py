@@ -103,9 +103,7 @@ class CorrectiveRag:
         hits = self.rag.retrieve(question, collection=collection, top_k=top_k, timer=timer,
                                  settings=cfg, where=where)
         with timer.stage("evaluate_ms"):
-            qvec = self.rag.embedder.embed_query(question)
-            scored = self._relevance(qvec, hits)
-        best = max((s for _, s in scored), default=0.0)
+            qvec, scored, best = self.evaluate(question, hits)
         action = grade(best, upper=self.settings.upper, lower=self.settings.lower)
         trace.update(crag=True, action=action, best_score=round(best, 4),
                      thresholds={"upper": self.settings.upper, "lower": self.settings.lower},
@@ -127,6 +125,13 @@ class CorrectiveRag:
             prepared.sources = _citations([_from_hit(h, s) for h, s in scored])
             prepared.abstain = True
         return prepared
+
+    def evaluate(self, question: str, hits: Sequence[ScoredChunk]
+                 ) -> tuple[np.ndarray, list[tuple[ScoredChunk, float]], float]:
+        """The retrieval evaluator: the question's vector, each hit's relevance, the best one."""
+        qvec = self.rag.embedder.embed_query(question)
+        scored = self._relevance(qvec, hits)
+        return qvec, scored, max((s for _, s in scored), default=0.0)
 
     def _relevance(self, qvec: np.ndarray, hits: Sequence[ScoredChunk]
                    ) -> list[tuple[ScoredChunk, float]]:

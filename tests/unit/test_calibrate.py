@@ -1,0 +1,28 @@
+import pytest
+
+from core.crag import grade
+from eval.calibrate import fit_thresholds
+
+pytestmark = pytest.mark.unit
+
+
+def test_separable_scores_give_clean_regions() -> None:
+    scores = [0.1, 0.2, 0.25, 0.4, 0.5, 0.7, 0.8, 0.9]
+    labels = [False, False, False, True, False, True, True, True]
+    t = fit_thresholds(scores, labels, target=1.0)
+    assert t.upper == 0.7 and t.precision_correct == 1.0
+    assert t.lower == 0.4 and t.precision_incorrect == 1.0
+    assert [grade(s, upper=t.upper, lower=t.lower) for s in (0.9, 0.5, 0.1)] == [
+        "correct", "ambiguous", "incorrect"]
+
+
+def test_lower_never_exceeds_upper() -> None:
+    t = fit_thresholds([0.1, 0.2, 0.3], [True, False, True], target=0.5)
+    assert t.lower <= t.upper
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError):
+        fit_thresholds([], [])
+    with pytest.raises(ValueError):
+        fit_thresholds([0.1], [True], target=0)
