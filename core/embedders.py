@@ -47,6 +47,9 @@ class SentenceTransformerEmbedder:
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
+                # The splitter measures whole sections with this tokenizer before cutting them
+                # to size; transformers warns about every one longer than the model's limit.
+                hf_logging.set_verbosity_error()
                 self._model = SentenceTransformer(path, device=self._settings.device)
             except Exception as e:
                 raise EmbedderError(
