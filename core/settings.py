@@ -115,6 +115,16 @@ class ServerSettings(BaseModel):
     rate_limit_per_minute: int = Field(default=600, ge=0, description="per API key; 0 = off")
 
 
+class WorkerSettings(BaseModel):
+    """The ingestion worker, in ``verity serve`` (a thread) or ``verity worker`` (a process)."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0, description="wait between empty polls")
+    stale_after_s: float = Field(
+        default=600.0, gt=0,
+        description="a running job with no progress for this long is given to another worker")
+    max_attempts: int = Field(default=3, ge=1, description="claims of one job before it fails")
+
+
 class Settings(BaseSettings):
     """Everything Verity can be told. See docs/configuration.md for the table."""
 
@@ -133,6 +143,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @field_validator("data_dir")
     @classmethod
