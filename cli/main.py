@@ -12,7 +12,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -79,6 +80,9 @@ def _logging(level: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+log = logging.getLogger("verity")
+
+
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="collection (default: VERITY_COLLECTION)")
 ]
@@ -141,6 +145,9 @@ def serve(
         "--ingest", help="ingest these paths into the default collection first")] = None,
     dev: Annotated[bool, typer.Option(
         "--dev", help="no API keys: every caller is the admin of the default tenant")] = False,
+    worker: Annotated[bool, typer.Option(
+        help="run an ingestion worker thread for uploads (default: VERITY_SERVER__WORKER)")
+    ] = True,
 ) -> None:
     """Run the HTTP API. Starts the embedded Postgres and local model server when needed."""
     import uvicorn
@@ -157,20 +164,39 @@ def serve(
     settings = settings.model_copy(update={"server": server})
     _check_port_free(server.host, server.port)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turn that into a
-    # normal exit so the embedded Postgres and the llama.cpp child are stopped below.
+    # normal exit so the worker, the embedded Postgres and the llama.cpp child are stopped below.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with open_runtime(settings) as runtime:
         if ingest_paths:
             _ingest_before_serving(runtime, ingest_paths)
-        typer.echo(f"Verity on http://{server.host}:{server.port} "
-                   f"(generator: {runtime.generator_name}; "
-                   f"{'API keys required' if server.auth else 'dev mode: no API keys'})", err=True)
-        uvicorn.run(create_app(settings, runtime=runtime), host=server.host, port=server.port,
-                    log_level="info", access_log=False)
+        with _worker_thread(runtime, enabled=worker and server.worker):
+            typer.echo(f"Verity on http://{server.host}:{server.port} "
+                       f"(generator: {runtime.generator_name}; "
+                       f"{'API keys required' if server.auth else 'dev mode: no API keys'})",
+                       err=True)
+            uvicorn.run(create_app(settings, runtime=runtime), host=server.host,
+                        port=server.port, log_level="info", access_log=False)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@contextmanager
+def _worker_thread(runtime: Any, *, enabled: bool) -> Iterator[None]:
+    """An ingestion worker thread for as long as the block runs (the CLI may import ingest)."""
+    if not enabled:
+        yield
+        return
+    from core.embedders import SentenceTransformerEmbedder
+    from ingest.worker import IngestWorker
+
+    settings = runtime.settings
+    # Its own embedder: a Hugging Face fast tokenizer must not be shared with request threads.
+    worker = IngestWorker(db=runtime.db, embedder=SentenceTransformerEmbedder(settings.embedder),
+                          chunking=settings.chunking, settings=settings.worker)
+    with worker.running():
+        yield
 
 
 def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:
@@ -183,6 +209,35 @@ def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:
     for source, reason in report.failed:
         typer.echo(f"failed: {source}: {reason}", err=True)
     typer.echo(report.summary(), err=True)
+
+
+@app.command("worker")
+@clean_errors
+def worker_command(
+    once: Annotated[bool, typer.Option("--once", help="run the queued jobs, then exit")] = False,
+) -> None:
+    """Ingest files uploaded through the API (POST /v1/documents), until stopped.
+
+    Any number of workers, on any machines, may share one database. `verity serve`
+    runs one as a thread unless started with --no-worker.
+    """
+    from core.embedders import SentenceTransformerEmbedder
+    from core.stores.database import Database
+    from ingest.worker import IngestWorker
+
+    settings = _settings()
+    _logging(logging.INFO)
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        worker = IngestWorker(db=db, embedder=SentenceTransformerEmbedder(settings.embedder),
+                              chunking=settings.chunking, settings=settings.worker)
+        if once:
+            log.info("ran %d ingestion jobs", worker.run_pending())
+            return
+        # SIGTERM and Ctrl-C stop after the current file; an unfinished job is requeued.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        log.info("ingestion worker %s waiting for jobs", worker.name)
+        worker.run_forever()
 
 
 def _check_port_free(host: str, port: int) -> None:

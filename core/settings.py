@@ -113,6 +113,7 @@ class ServerSettings(BaseModel):
     max_body_mb: float = Field(default=1.0, gt=0, description="JSON request bodies")
     max_upload_mb: float = Field(default=50.0, gt=0, description="document uploads")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="per API key; 0 = off")
+    worker: bool = Field(default=True, description="run an ingestion worker thread in verity serve")
 
 
 class WorkerSettings(BaseModel):

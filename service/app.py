@@ -12,7 +12,7 @@ from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit, RateLimiter
-from service.routes import query
+from service.routes import collections, documents, query
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -44,7 +44,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     install_error_handlers(app)
     app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
-    app.include_router(query.router)
+    for router in (query.router, documents.router, collections.router):
+        app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.server.max_body_mb * 1e6),  # type: ignore[arg-type]
                        upload_bytes=int(settings.server.max_upload_mb * 1e6))
     return app

@@ -44,7 +44,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["worker"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _run([*command, "--help"], _env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
