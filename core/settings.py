@@ -114,6 +114,9 @@ class ServerSettings(BaseModel):
     max_upload_mb: float = Field(default=50.0, gt=0, description="document uploads")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="per API key; 0 = off")
     worker: bool = Field(default=True, description="run an ingestion worker thread in verity serve")
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
+    otel: bool = Field(
+        default=False, description="OpenTelemetry tracing, if its packages are installed")
 
 
 class WorkerSettings(BaseModel):
@@ -138,6 +141,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     collection: str = Field(default="default", description="collection used when none is named")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="serve/worker logs; auto: text on a terminal, JSON lines otherwise")
     store: StoreSettings = StoreSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     chunking: ChunkingSettings = ChunkingSettings()

@@ -9,6 +9,7 @@ from core.rag import RagPipeline, Timer
 from core.runtime import Runtime
 from core.settings import RetrievalSettings
 from core.types import SearchFilter
+from service.metrics import Metrics
 from service.protocol import (
     QueryRequest,
     QueryResponse,
@@ -30,14 +31,18 @@ def _plan(runtime: Runtime, principal: Principal, options: RetrievalOptions
     return runtime.rag(tenant=principal.tenant), collection, settings, where
 
 
-def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest) -> QueryResponse:
+def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest, *,
+                 metrics: Metrics | None = None) -> QueryResponse:
     rag, collection, settings, where = _plan(runtime, principal, request)
     answer = rag.answer(request.question, collection=collection, top_k=request.top_k,
                         settings=settings, where=where)
+    if metrics is not None:
+        metrics.observe_answer(status=answer.status, usage=answer.usage, timings=answer.timings)
     return QueryResponse.of(answer)
 
 
-def search(runtime: Runtime, principal: Principal, request: SearchRequest) -> SearchResponse:
+def search(runtime: Runtime, principal: Principal, request: SearchRequest, *,
+           metrics: Metrics | None = None) -> SearchResponse:
     rag, collection, settings, where = _plan(runtime, principal, request)
     timer = Timer({})
     started = time.perf_counter()
@@ -46,5 +51,7 @@ def search(runtime: Runtime, principal: Principal, request: SearchRequest) -> Se
     with timer.stage("widen_ms"):
         hits = rag.store.widen(hits, window=settings.widen)
     timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    if metrics is not None:
+        metrics.observe_timings("search", timer.timings)
     return SearchResponse(results=[SearchHit.of(i, h) for i, h in enumerate(hits, start=1)],
                           timings=timer.timings)

@@ -20,6 +20,7 @@ from core.jobs import JobQueue
 from core.runtime import Runtime
 from core.stores.pgvector_store import PgvectorStore
 from core.types import SearchFilter, UploadedFile
+from service.metrics import Metrics
 from service.protocol import DocumentList, DocumentModel, JobResponse, UploadAccepted
 
 MAX_GROUPS = 50
@@ -87,8 +88,8 @@ def read_uploads(files: Sequence[Upload]) -> list[UploadedFile]:
 
 
 def enqueue_upload(runtime: Runtime, principal: Principal, *, collection: str,
-                   files: list[UploadedFile], groups: tuple[str, ...],
-                   metadata: dict[str, Any]) -> UploadAccepted:
+                   files: list[UploadedFile], groups: tuple[str, ...], metadata: dict[str, Any],
+                   metrics: Metrics | None = None) -> UploadAccepted:
     """Queue uploaded files for ingestion into one of the caller's collections.
 
     Raises:
@@ -97,6 +98,8 @@ def enqueue_upload(runtime: Runtime, principal: Principal, *, collection: str,
     _check_embedder(_store(runtime, principal), collection, runtime.embedder.name)
     job_id = JobQueue(runtime.db).enqueue(tenant=principal.tenant, collection=collection,
                                           files=files, groups=groups, metadata=metadata)
+    if metrics is not None:
+        metrics.observe_upload(files=len(files))
     return UploadAccepted(job_id=job_id)
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from service import documents
-from service.deps import AdminDep, PrincipalDep, RuntimeDep
+from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import COLLECTION_PATTERN, DocumentList, ErrorResponse, JobResponse, UploadAccepted
 
 router = APIRouter(tags=["documents"])
@@ -29,13 +29,15 @@ def upload_documents(
     collection: CollectionForm,
     runtime: RuntimeDep,
     principal: AdminDep,
+    metrics: MetricsDep,
     groups: Annotated[str | None, Form(description="comma-separated ACL groups")] = None,
     metadata: Annotated[str | None, Form(description="a JSON object for every document")] = None,
 ) -> UploadAccepted:
     """Queue files for ingestion (admin keys); poll the returned job for progress."""
     return documents.enqueue_upload(
         runtime, principal, collection=collection, files=documents.read_uploads(files),
-        groups=documents.parse_groups(groups), metadata=documents.parse_metadata(metadata))
+        groups=documents.parse_groups(groups), metadata=documents.parse_metadata(metadata),
+        metrics=metrics)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=_ERRORS)

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service import answering
-from service.deps import PrincipalDep, RuntimeDep
+from service.deps import MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -39,12 +39,14 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.post("/v1/query", response_model=QueryResponse, tags=["query"], responses=_ERRORS)
-def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep) -> QueryResponse:
+def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep,
+          metrics: MetricsDep) -> QueryResponse:
     """Answer a question from the documents the caller may read, with numbered citations."""
-    return answering.answer_query(runtime, principal, request)
+    return answering.answer_query(runtime, principal, request, metrics=metrics)
 
 
 @router.post("/v1/search", response_model=SearchResponse, tags=["query"], responses=_ERRORS)
-def search(request: SearchRequest, runtime: RuntimeDep, principal: PrincipalDep) -> SearchResponse:
+def search(request: SearchRequest, runtime: RuntimeDep, principal: PrincipalDep,
+           metrics: MetricsDep) -> SearchResponse:
     """Ranked chunks the caller may read, with every stage's score and timing."""
-    return answering.search(runtime, principal, request)
+    return answering.search(runtime, principal, request, metrics=metrics)
