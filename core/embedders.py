@@ -29,6 +29,7 @@ class SentenceTransformerEmbedder:
         self.name = settings.model.removeprefix("bundled:")
         self._model: Any = None
         self._lock = threading.Lock()
+        self._use = threading.Lock()
 
     def warm_up(self) -> None:
         """Load the model now.
@@ -93,17 +94,22 @@ class SentenceTransformerEmbedder:
         return self._encode([text])[0]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        with self._use:
+            return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        model = self.model
         try:
-            vectors = self.model.encode(
-                texts,
-                batch_size=self._settings.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            # Fast tokenizers are not thread-safe ("Already borrowed"): one encode at a time.
+            # Each call already uses every core through torch's intra-op threads.
+            with self._use:
+                vectors = model.encode(
+                    texts,
+                    batch_size=self._settings.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
         except Exception as e:
             raise EmbedderError(f"embedding failed: {type(e).__name__}: {e}") from e
         return np.asarray(vectors, dtype=np.float32)

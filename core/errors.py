@@ -25,6 +25,10 @@ class NotFoundError(RagError):
     """A collection, document or job does not exist (or is not visible to the caller)."""
 
 
+class ConflictError(RagError):
+    """The object already exists (e.g. creating a collection twice)."""
+
+
 class LoaderError(RagError):
     """A file could not be read into text."""
 

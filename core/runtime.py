@@ -34,10 +34,14 @@ class Runtime:
     llm_server: LlamaCppServer | None = None
     connectors: list[Connector] = field(default_factory=list)
 
+    def store_for(self, tenant: str) -> PgvectorStore:
+        """The store scoped to one tenant."""
+        return self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
+
     def rag(self, *, tenant: str = "default") -> RagPipeline:
-        store = self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
-        return RagPipeline(store=store, embedder=self.embedder, generator=self.generator,
-                           prompts=self.prompts, settings=self.settings.retrieval)
+        return RagPipeline(store=self.store_for(tenant), embedder=self.embedder,
+                           generator=self.generator, prompts=self.prompts,
+                           settings=self.settings.retrieval)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""

@@ -145,6 +145,20 @@ class ServerSettings(BaseModel):
     max_body_mb: float = Field(default=1.0, gt=0, description="JSON request bodies")
     max_upload_mb: float = Field(default=50.0, gt=0, description="document uploads")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="per API key; 0 = off")
+    worker: bool = Field(default=True, description="run an ingestion worker thread in verity serve")
+    metrics: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
+    otel: bool = Field(
+        default=False, description="OpenTelemetry tracing, if its packages are installed")
+
+
+class WorkerSettings(BaseModel):
+    """The ingestion worker, in ``verity serve`` (a thread) or ``verity worker`` (a process)."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0, description="wait between empty polls")
+    stale_after_s: float = Field(
+        default=600.0, gt=0,
+        description="a running job with no progress for this long is given to another worker")
+    max_attempts: int = Field(default=3, ge=1, description="claims of one job before it fails")
 
 
 class Settings(BaseSettings):
@@ -159,6 +173,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     collection: str = Field(default="default", description="collection used when none is named")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="serve/worker logs; auto: text on a terminal, JSON lines otherwise")
     store: StoreSettings = StoreSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     chunking: ChunkingSettings = ChunkingSettings()
@@ -166,6 +182,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     crag: CragSettings = CragSettings()
     server: ServerSettings = ServerSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 AnswerStatus = Literal["answered", "abstained", "generation_unavailable"]
+JobStatus = Literal["queued", "running", "done", "failed"]
 
 
 def document_id(*, collection: str, source: str) -> str:
@@ -137,3 +139,65 @@ class SearchFilter:
 
     conditions: tuple[MetadataCondition, ...] = ()
     groups: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """A stored document as listed to a caller (no chunks)."""
+
+    id: str
+    collection: str
+    source: str
+    title: str
+    chunk_count: int
+    acl_groups: tuple[str, ...]
+    metadata: dict[str, Any]
+    ingested_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    """A file sent to the API for ingestion: its (base) name and its bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileFailure:
+    """A file of an ingestion job that could not be ingested, and why."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """How far an ingestion job got: files finished (ingested, unchanged or failed), chunks written."""
+
+    files_done: int = 0
+    chunks_written: int = 0
+    failures: tuple[FileFailure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An ingestion job: uploaded files to load into one collection of one tenant.
+
+    ``attempt`` is the number of times a worker claimed it; a worker's updates
+    only apply while the job is still on the attempt it claimed.
+    """
+
+    id: str
+    tenant: str
+    collection: str
+    status: JobStatus
+    files_total: int
+    progress: JobProgress = JobProgress()
+    acl_groups: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempt: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None

@@ -12,7 +12,8 @@ from core.errors import GenerationError
 from core.rag import Prepared, RagPipeline, Timer
 from core.runtime import Runtime
 from core.settings import RetrievalSettings
-from core.types import SearchFilter
+from core.types import Answer, SearchFilter
+from service.metrics import Metrics
 from service.protocol import (
     QueryRequest,
     QueryResponse,
@@ -47,12 +48,16 @@ def prepare_query(runtime: Runtime, principal: Principal, request: QueryRequest
                             settings=settings, where=where)
 
 
-def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest) -> QueryResponse:
+def answer_query(runtime: Runtime, principal: Principal, request: QueryRequest, *,
+                 metrics: Metrics | None = None) -> QueryResponse:
     rag, prepared = prepare_query(runtime, principal, request)
-    return QueryResponse.of(rag.complete(prepared))
+    answer = rag.complete(prepared)
+    _observe(metrics, answer)
+    return QueryResponse.of(answer)
 
 
-def stream_query(rag: RagPipeline, prepared: Prepared) -> Iterator[str]:
+def stream_query(rag: RagPipeline, prepared: Prepared, *, metrics: Metrics | None = None
+                 ) -> Iterator[str]:
     """Server-sent events: ``token`` deltas, then ``citations``, ``trace`` and ``done``.
 
     If the model server fails mid-stream the stream ends with an ``error`` event.
@@ -62,6 +67,7 @@ def stream_query(rag: RagPipeline, prepared: Prepared) -> Iterator[str]:
             if isinstance(item, str):
                 yield sse("token", {"text": item})
                 continue
+            _observe(metrics, item)
             final = QueryResponse.of(item)
             yield sse("citations", final.model_dump(include={
                 "answer", "status", "citations", "sources", "invalid_citations"}))
@@ -71,11 +77,18 @@ def stream_query(rag: RagPipeline, prepared: Prepared) -> Iterator[str]:
         yield sse("error", {"type": "generation_unavailable", "message": str(e)})
 
 
+def _observe(metrics: Metrics | None, answer: Answer) -> None:
+    if metrics is not None:
+        metrics.observe_answer(status=answer.status, usage=answer.usage, timings=answer.timings,
+                               action=str(answer.trace.get("action", "")))
+
+
 def sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def search(runtime: Runtime, principal: Principal, request: SearchRequest) -> SearchResponse:
+def search(runtime: Runtime, principal: Principal, request: SearchRequest, *,
+           metrics: Metrics | None = None) -> SearchResponse:
     rag, collection, settings, where = _plan(runtime, principal, request)
     timer = Timer({})
     started = time.perf_counter()
@@ -84,5 +97,7 @@ def search(runtime: Runtime, principal: Principal, request: SearchRequest) -> Se
     with timer.stage("widen_ms"):
         hits = rag.store.widen(hits, window=settings.widen)
     timer.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    if metrics is not None:
+        metrics.observe_timings("search", timer.timings)
     return SearchResponse(results=[SearchHit.of(i, h) for i, h in enumerate(hits, start=1)],
                           timings=timer.timings)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from core.jobs import JobQueue
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit, RateLimiter
-from service.routes import openai_compat, query
+from service.metrics import Metrics
+from service.routes import collections, documents, metrics, openai_compat, query
+from service.telemetry import RequestTelemetry, instrument_otel
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -23,6 +26,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         runtime: backends opened by the caller (tests, ``verity serve``); when
             None, the lifespan opens them from ``settings`` and closes them on
             shutdown.
+
+    Returns:
+        The app, with its own metrics registry in ``app.state.metrics``.
     """
 
     @asynccontextmanager
@@ -43,9 +49,20 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    def job_counts() -> Mapping[str, int]:
+        return JobQueue(app.state.runtime.db).counts()
+
+    app.state.metrics = Metrics(job_counts=job_counts)
     app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
-    app.include_router(query.router)
-    app.include_router(openai_compat.router)
+    for router in (query.router, openai_compat.router, documents.router, collections.router):
+        app.include_router(router)
+    if settings.server.metrics:
+        app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.server.max_body_mb * 1e6),  # type: ignore[arg-type]
                        upload_bytes=int(settings.server.max_upload_mb * 1e6))
+    # Added last, so outermost: it also sees requests the size limit refuses.
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)  # type: ignore[arg-type]
+    if settings.server.otel:
+        instrument_otel(app)
     return app

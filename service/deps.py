@@ -10,6 +10,7 @@ from core.auth import ApiKeys, Principal
 from core.errors import AuthError, ForbiddenError
 from core.runtime import Runtime
 from service.limits import RateLimiter
+from service.metrics import Metrics
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -18,6 +19,14 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def _presented_key(request: Request) -> str | None:
@@ -40,14 +49,21 @@ def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
     limiter: RateLimiter = request.app.state.rate_limiter
     if not runtime.settings.server.auth:
         limiter.check(f"ip:{request.client.host if request.client else '-'}")
-        return Principal(tenant="default", groups=None, is_admin=True)
+        principal = Principal(tenant="default", groups=None, is_admin=True)
+    else:
+        principal = _authenticate(request, runtime)
+        limiter.check(f"key:{principal.key_id}")
+    request.state.tenant = principal.tenant  # for the access log
+    return principal
+
+
+def _authenticate(request: Request, runtime: Runtime) -> Principal:
     key = _presented_key(request)
     if key is None:
         raise AuthError("an API key is required: send 'Authorization: Bearer KEY'")
     principal = ApiKeys(runtime.db).authenticate(key)
     if principal is None:
         raise AuthError("invalid or revoked API key")
-    limiter.check(f"key:{principal.key_id}")
     return principal
 
 

@@ -6,8 +6,11 @@ logged with its traceback and the client gets a generic message.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import (
     AuthError,
     ConfigError,
+    ConflictError,
     EmbedderError,
     ForbiddenError,
     GenerationError,
@@ -33,6 +37,7 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
     (ForbiddenError, 403, "forbidden"),
     (RateLimitError, 429, "rate_limited"),
     (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
     (ConfigError, 400, "invalid_request"),
     (StoreError, 503, "store_unavailable"),
     (EmbedderError, 503, "embedder_unavailable"),
@@ -44,6 +49,19 @@ def error_response(status: int, kind: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"type": kind, "message": message}},
                         headers=headers)
+
+
+async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], *, status: int,
+                     kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """Send an error response in the one schema straight through ASGI (for middleware)."""
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _headers(exc: RagError) -> dict[str, str] | None:
@@ -72,8 +90,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "http_error"
-        return error_response(exc.status_code, kind, str(exc.detail))
+        kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,10 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from core.errors import RateLimitError
+from service.errors import send_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -16,8 +19,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """The body went over the limit while it was being read.
+
+    An ``HTTPException``, so that FastAPI passes it on as a 413 instead of
+    turning it into a 400 when it interrupts parsing of a streamed body.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body over the {limit} byte limit")
 
 
 class BodySizeLimit:
@@ -51,7 +61,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
             return message
 
         try:
@@ -61,14 +71,8 @@ class BodySizeLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    import json
-
-    body = json.dumps({"error": {"type": "payload_too_large",
-                                 "message": f"request body over the {limit} byte limit"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, status=413, kind="payload_too_large",
+                     message=f"request body over the {limit} byte limit")
 
 
 class RateLimiter:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.types import Answer, Citation, MetadataCondition, ScoredChunk
+from core.types import (
+    Answer,
+    Citation,
+    CollectionStats,
+    DocumentInfo,
+    Job,
+    JobStatus,
+    MetadataCondition,
+    ScoredChunk,
+)
 
-_COLLECTION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _OPS = ("in", "gt", "gte", "lt", "lte")
 Scalar = str | int | float | bool
 
@@ -17,7 +27,7 @@ class RetrievalOptions(BaseModel):
     """Per-request retrieval choices; unset fields use the server's settings."""
 
     collection: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=_COLLECTION,
+        default=None, min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
         description="collection to search; default: the server's default collection",
     )
     top_k: int | None = Field(default=None, ge=1, le=50, description="chunks to return")
@@ -132,6 +142,91 @@ class QueryResponse(BaseModel):
                    sources=[CitationModel.of(c) for c in a.sources],
                    invalid_citations=list(a.invalid_citations), timings=a.timings,
                    usage=a.usage, trace=a.trace)
+
+
+class UploadAccepted(BaseModel):
+    job_id: str = Field(description="poll GET /v1/jobs/{job_id} for progress")
+
+
+class JobProgressModel(BaseModel):
+    files_total: int = Field(description="files in the upload")
+    files_done: int = Field(description="files finished: ingested, unchanged or failed")
+    chunks_written: int
+
+
+class FileFailureModel(BaseModel):
+    file: str = Field(description="the uploaded file name")
+    reason: str
+
+
+class JobResponse(BaseModel):
+    id: str
+    status: JobStatus = Field(
+        description="queued, running, done (at least one file ingested) or failed")
+    collection: str
+    progress: JobProgressModel
+    failures: list[FileFailureModel] = Field(description="files that could not be ingested")
+    error: str | None = Field(default=None, description="why the job failed, when it did")
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> JobResponse:
+        p = job.progress
+        return cls(id=job.id, status=job.status, collection=job.collection,
+                   progress=JobProgressModel(files_total=job.files_total, files_done=p.files_done,
+                                             chunks_written=p.chunks_written),
+                   failures=[FileFailureModel(file=f.file, reason=f.reason) for f in p.failures],
+                   error=job.error, created_at=job.created_at, started_at=job.started_at,
+                   finished_at=job.finished_at)
+
+
+class DocumentModel(BaseModel):
+    id: str
+    collection: str
+    source: str = Field(description="the file name or path it was ingested from")
+    title: str
+    chunk_count: int
+    groups: list[str] = Field(description="ACL groups; empty = visible to the whole tenant")
+    metadata: dict[str, Any]
+    ingested_at: datetime
+
+    @classmethod
+    def of(cls, d: DocumentInfo) -> DocumentModel:
+        return cls(id=d.id, collection=d.collection, source=d.source, title=d.title,
+                   chunk_count=d.chunk_count, groups=list(d.acl_groups), metadata=d.metadata,
+                   ingested_at=d.ingested_at)
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentModel]
+    total: int = Field(description="documents the caller may see in the collection")
+    limit: int
+    offset: int
+
+
+class CollectionModel(BaseModel):
+    name: str
+    embedder: str | None = Field(description="the embedding model its vectors come from")
+    dim: int | None = Field(description="embedding dimension")
+    documents: int = Field(description="documents the caller may see")
+    chunks: int = Field(description="chunks of those documents")
+
+    @classmethod
+    def of(cls, c: CollectionStats) -> CollectionModel:
+        return cls(name=c.name, embedder=c.embed_model, dim=c.embed_dim, documents=c.documents,
+                   chunks=c.chunks)
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionModel]
+
+
+class CreateCollectionRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=COLLECTION_PATTERN)
+    embedder: str | None = Field(
+        default=None, description="must be the server's embedding model; default: it")
 
 
 class HealthResponse(BaseModel):

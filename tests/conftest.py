@@ -81,6 +81,14 @@ def runtime(data_dir: Path, database: Database, store: PgvectorStore,
                    prompts=PromptLibrary.load(), generator=generator, llm_server=llm_server)
 
 
+@pytest.fixture(scope="session")
+def retrieval_runtime(data_dir: Path, database: Database, store: PgvectorStore,
+                      embedder: SentenceTransformerEmbedder) -> Runtime:
+    """Backends without a generator (no llama.cpp server): enough for everything but answers."""
+    return Runtime(settings=make_settings(data_dir), db=database, store=store, embedder=embedder,
+                   prompts=PromptLibrary.load())
+
+
 @pytest.fixture
 def collection() -> str:
     """A fresh collection name, so tests never see each other's documents."""

@@ -67,12 +67,67 @@ SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id
 WHERE c.tenant = %(tenant)s AND c.name = %(collection)s ORDER BY d.source
 """
 
-STATS = """
+# Collections with the documents and chunks the caller may see ({visible} on ``d``).
+_STATS = """
 SELECT c.name, c.embed_model, c.embed_dim,
-       (SELECT count(*) FROM documents d WHERE d.collection_id = c.id) AS documents,
-       (SELECT count(*) FROM chunks k WHERE k.collection_id = c.id) AS chunks
+       (SELECT count(*) FROM documents d WHERE d.collection_id = c.id AND {visible}) AS documents,
+       (SELECT count(*) FROM chunks k JOIN documents d ON d.id = k.document_id
+        WHERE k.collection_id = c.id AND {visible}) AS chunks
 FROM collections c WHERE c.tenant = %(tenant)s ORDER BY c.name
 """
+
+CREATE_COLLECTION = """
+INSERT INTO collections (tenant, name, embed_model, embed_dim)
+VALUES (%(tenant)s, %(name)s, %(embed_model)s, %(embed_dim)s)
+ON CONFLICT (tenant, name) DO NOTHING
+RETURNING id
+"""
+
+# Documents, chunks and postings go with it (ON DELETE CASCADE).
+DELETE_COLLECTION = """
+DELETE FROM collections WHERE tenant = %(tenant)s AND name = %(name)s RETURNING id
+"""
+
+_DOCUMENT_COLUMNS = """
+d.id, c.name, d.source, d.title, d.chunk_count, d.acl_groups, d.metadata, d.ingested_at
+"""
+
+_LIST_DOCUMENTS = """
+SELECT {columns} FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE d.collection_id = %(collection_id)s AND {visible}
+ORDER BY d.source
+LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+_COUNT_DOCUMENTS = """
+SELECT count(*) FROM documents d WHERE d.collection_id = %(collection_id)s AND {visible}
+"""
+
+_GET_DOCUMENT = """
+SELECT {columns} FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE d.id = %(id)s AND c.tenant = %(tenant)s AND {visible}
+"""
+
+DELETE_DOCUMENT_BY_ID = """
+DELETE FROM documents d USING collections c
+WHERE c.id = d.collection_id AND c.tenant = %(tenant)s AND d.id = %(id)s
+"""
+
+
+def stats(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_STATS).format(visible=visible)
+
+
+def list_documents(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_LIST_DOCUMENTS).format(columns=sql.SQL(_DOCUMENT_COLUMNS), visible=visible)
+
+
+def count_documents(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_COUNT_DOCUMENTS).format(visible=visible)
+
+
+def get_document(*, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_GET_DOCUMENT).format(columns=sql.SQL(_DOCUMENT_COLUMNS), visible=visible)
 
 _HIT_COLUMNS = """
 k.id, k.document_id, k.ordinal, k.text, k.heading, k.page, k.token_count, d.source, d.title
@@ -176,10 +231,20 @@ WHERE collection_id = {collection_id}
 
 def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
     return sql.SQL(_CREATE_BINARY_INDEX).format(
-        name=sql.Identifier(f"chunks_bin_hnsw_{collection_id}"),
+        name=sql.Identifier(_binary_index_name(collection_id)),
         dim=sql.Literal(dim),
         collection_id=sql.Literal(collection_id),
     )
+
+
+def drop_binary_index(*, collection_id: int) -> sql.Composed:
+    """The partial HNSW index of a deleted collection would otherwise stay behind."""
+    return sql.SQL("DROP INDEX IF EXISTS {}").format(
+        sql.Identifier(_binary_index_name(collection_id)))
+
+
+def _binary_index_name(collection_id: int) -> str:
+    return f"chunks_bin_hnsw_{collection_id}"
 
 
 def set_ef_search(ef: int) -> sql.Composed:

@@ -16,13 +16,21 @@ import numpy as np
 import psycopg
 from pgvector import Bit, HalfVector
 
-from core.errors import ConfigError, NotFoundError, StoreError
+from core.errors import ConfigError, ConflictError, NotFoundError, StoreError
 from core.lexical import term_frequencies
 from core.quantize import quantize_binary
 from core.stores import pgvector_sql as q
 from core.stores.database import Database
 from core.stores.filters import compile_filter
-from core.types import Chunk, CollectionStats, Document, ScoredChunk, SearchFilter, document_id
+from core.types import (
+    Chunk,
+    CollectionStats,
+    Document,
+    DocumentInfo,
+    ScoredChunk,
+    SearchFilter,
+    document_id,
+)
 
 
 class PgvectorStore:
@@ -192,14 +200,77 @@ class PgvectorStore:
         return [replace(h, chunk=replace(h.chunk, text=wide.get(h.chunk.id, h.chunk.text)))
                 for h in hits]
 
-    def stats(self) -> list[CollectionStats]:
+    def stats(self, *, where: SearchFilter | None = None) -> list[CollectionStats]:
+        """The tenant's collections, counting only the documents and chunks ``where`` allows."""
+        visible, params = compile_filter(where)
         with self._db.pool.connection() as conn:
-            rows = conn.execute(q.STATS, {"tenant": self.tenant}).fetchall()
+            rows = conn.execute(q.stats(visible=visible), {"tenant": self.tenant, **params}).fetchall()
         return [
             CollectionStats(name=r[0], embed_model=r[1], embed_dim=r[2], documents=int(r[3]),
                             chunks=int(r[4]))
             for r in rows
         ]
+
+    def create_collection(self, name: str, *, embed_model: str, embed_dim: int) -> None:
+        """Create an empty collection for this embedding model.
+
+        Raises:
+            ConflictError: the tenant already has a collection of that name.
+        """
+        with self._db.pool.connection() as conn, conn.transaction():
+            row = conn.execute(q.CREATE_COLLECTION, {"tenant": self.tenant, "name": name,
+                                                     "embed_model": embed_model,
+                                                     "embed_dim": embed_dim}).fetchone()
+            if row is None:
+                raise ConflictError(f"collection {name!r} already exists")
+            conn.execute(q.create_binary_index(collection_id=int(row[0]), dim=embed_dim))
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection with all its documents and chunks.
+
+        Raises:
+            NotFoundError: the tenant has no collection of that name.
+        """
+        with self._db.pool.connection() as conn, conn.transaction():
+            row = conn.execute(q.DELETE_COLLECTION, {"tenant": self.tenant, "name": name}).fetchone()
+            if row is None:
+                raise NotFoundError(f"collection {name!r} does not exist")
+            conn.execute(q.drop_binary_index(collection_id=int(row[0])))
+
+    def list_documents(self, *, collection: str, where: SearchFilter | None = None,
+                       limit: int = 50, offset: int = 0) -> tuple[list[DocumentInfo], int]:
+        """One page of the documents ``where`` allows, by source, and how many there are in all.
+
+        Raises:
+            NotFoundError: the tenant has no such collection.
+        """
+        visible, params = compile_filter(where)
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            params |= {"collection_id": cid, "limit": limit, "offset": offset}
+            rows = conn.execute(q.list_documents(visible=visible), params).fetchall()
+            total = conn.execute(q.count_documents(visible=visible), params).fetchone()
+        return [_document_info(r) for r in rows], int(total[0]) if total else 0
+
+    def get_document(self, doc_id: str, *, where: SearchFilter | None = None) -> DocumentInfo:
+        """A document of this tenant that ``where`` allows.
+
+        Raises:
+            NotFoundError: no such document, or the caller may not see it.
+        """
+        visible, params = compile_filter(where)
+        with self._db.pool.connection() as conn:
+            row = conn.execute(q.get_document(visible=visible),
+                               {"id": doc_id, "tenant": self.tenant, **params}).fetchone()
+        if row is None:
+            raise NotFoundError("no such document; list documents with GET /v1/documents")
+        return _document_info(row)
+
+    def delete_document_by_id(self, doc_id: str) -> bool:
+        """Delete a document of this tenant and its chunks; returns whether it existed."""
+        with self._db.pool.connection() as conn:
+            cur = conn.execute(q.DELETE_DOCUMENT_BY_ID, {"id": doc_id, "tenant": self.tenant})
+            return cur.rowcount > 0
 
     def _key(self, collection: str) -> str:
         return f"{self.tenant}/{collection}"
@@ -224,6 +295,12 @@ def _scored(row: tuple[Any, ...], *, stage: str) -> ScoredChunk:
 def lexical_text(chunk: Chunk, *, title: str) -> str:
     """What BM25 indexes for a chunk: the document title, the heading path and the text."""
     return f"{title}\n{chunk.heading}\n{chunk.text}"
+
+
+def _document_info(row: tuple[Any, ...]) -> DocumentInfo:
+    return DocumentInfo(id=row[0], collection=row[1], source=row[2], title=row[3],
+                        chunk_count=int(row[4]), acl_groups=tuple(row[5]), metadata=dict(row[6]),
+                        ingested_at=row[7])
 
 
 def _first_line(e: BaseException) -> str:

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service import answering
-from service.deps import PrincipalDep, RuntimeDep
+from service.deps import MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -40,20 +40,22 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 @router.post("/v1/query", response_model=QueryResponse, tags=["query"],
              responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}})
-def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep
-          ) -> QueryResponse | StreamingResponse:
+def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep,
+          metrics: MetricsDep) -> QueryResponse | StreamingResponse:
     """Answer a question from the documents the caller may read, with numbered citations.
 
     With ``"stream": true`` the answer comes as server-sent events.
     """
     if not request.stream:
-        return answering.answer_query(runtime, principal, request)
+        return answering.answer_query(runtime, principal, request, metrics=metrics)
     rag, prepared = answering.prepare_query(runtime, principal, request)
-    return StreamingResponse(answering.stream_query(rag, prepared), media_type="text/event-stream",
+    return StreamingResponse(answering.stream_query(rag, prepared, metrics=metrics),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post("/v1/search", response_model=SearchResponse, tags=["query"], responses=_ERRORS)
-def search(request: SearchRequest, runtime: RuntimeDep, principal: PrincipalDep) -> SearchResponse:
+def search(request: SearchRequest, runtime: RuntimeDep, principal: PrincipalDep,
+           metrics: MetricsDep) -> SearchResponse:
     """Ranked chunks the caller may read, with every stage's score and timing."""
-    return answering.search(runtime, principal, request)
+    return answering.search(runtime, principal, request, metrics=metrics)

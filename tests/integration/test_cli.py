@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -34,7 +35,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["worker"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _run([*command, "--help"], cli_env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
@@ -146,3 +147,44 @@ def test_beir_format_refuses_file_options(tmp_path: Path) -> None:
     result = _run(["ingest", str(tmp_path), "--format", "beir", "--sync"], cli_env(tmp_path),
                   timeout=60)
     _assert_one_line_error(result, "--sync, --include and --exclude work with --format files only")
+
+
+def test_worker_once_logs_json_lines(tmp_path: Path) -> None:
+    result = _run(["worker", "--once", "--log-format", "json"], cli_env(tmp_path), timeout=180)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert any(x["message"] == "ran 0 ingestion jobs" for x in lines), lines
+
+
+@pytest.mark.slow
+def test_serve_runs_the_upload_worker_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    # A model server that is never reached: nothing here generates, so no llama.cpp starts.
+    env = cli_env(tmp_path / "data", VERITY_LLM__BASE_URL="http://127.0.0.1:9/v1",
+               VERITY_WORKER__POLL_INTERVAL_S="0.2")
+    proc = subprocess.Popen(VERITY + ["serve", "--dev", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        _wait_healthy(proc, port)
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.post(f"{base}/v1/documents", data={"collection": "uploads"},
+                       files=[("files", ("plants.md", b"# Plants\n\nWatered on Tuesdays."))],
+                       headers={"X-Request-ID": "cli-upload-1"})
+        assert r.status_code == 202, r.text
+        job_url = f"{base}/v1/jobs/{r.json()['job_id']}"
+        deadline = time.monotonic() + 180
+        while (job := httpx.get(job_url).json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "done", job
+    finally:
+        log = _stop(proc)
+    assert proc.returncode == 0, log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert len(lines) == len([line for line in log.splitlines() if line.strip()]), log
+    access = [x for x in lines if x["logger"] == "verity.access"]
+    assert any(x["request_id"] == "cli-upload-1" and x["status"] == 202 for x in access)
+    assert any("job" in x["message"] and "done" in x["message"] for x in lines)
+    time.sleep(1)
+    assert processes_using(tmp_path / "data") == []

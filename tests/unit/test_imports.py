@@ -10,6 +10,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize(("module", "forbidden"), [
     ("service.app", "ingest"), ("ingest.pipeline", "service"), ("core.runtime", "ingest"),
+    ("ingest.worker", "service"), ("core.jobs", "ingest"),
 ])
 def test_module_does_not_pull_in(module: str, forbidden: str) -> None:
     code = (f"import sys, {module}; bad = [m for m in sys.modules if m == {forbidden!r} "

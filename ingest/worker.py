@@ -1,0 +1,192 @@
+"""The ingestion worker: claims queued upload jobs and runs them through the pipeline.
+
+It runs as a background thread of ``verity serve`` or on its own as ``verity
+worker``; any number of workers may share one database. Each job's files are
+written to a temporary directory and loaded like files on disk, with the
+upload's file name as the document's source and the job's groups and metadata
+on every document. A file that cannot be read becomes a per-file failure;
+only a problem with the whole job (such as a collection built with another
+embedder) fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from core.embedders import SentenceTransformerEmbedder
+from core.errors import LoaderError, RagError
+from core.jobs import JobQueue
+from core.settings import ChunkingSettings, WorkerSettings
+from core.stores.database import Database
+from core.stores.pgvector_store import PgvectorStore
+from core.types import Document, FileFailure, Job, JobProgress, UploadedFile
+from ingest.loaders import load_file
+from ingest.pipeline import IngestPipeline, IngestReport
+
+log = logging.getLogger(__name__)
+
+NOTHING_INGESTED = "no file could be ingested; see the failures of each file"
+INTERNAL_ERROR = "internal error while ingesting; the worker's log has the details"
+
+
+class WorkerStopping(Exception):
+    """Raised inside a job when the worker was asked to stop; the job goes back to the queue."""
+
+
+class IngestWorker:
+    """Runs queued ingestion jobs, one at a time.
+
+    Example:
+        >>> worker = IngestWorker(db=db, embedder=embedder, chunking=settings.chunking,
+        ...                       settings=settings.worker)
+        >>> worker.run_pending()        # every queued job, then return
+        >>> with worker.running():      # or: a background thread until the block ends
+        ...     serve()
+    """
+
+    def __init__(self, *, db: Database, embedder: SentenceTransformerEmbedder,
+                 chunking: ChunkingSettings, settings: WorkerSettings,
+                 name: str | None = None) -> None:
+        self.queue = JobQueue(db)
+        self.db = db
+        self.embedder = embedder
+        self.chunking = chunking
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+
+    def run_once(self) -> Job | None:
+        """Claim one queued job and run it.
+
+        Returns:
+            The job as it ended, or None when no job was queued (or it went back
+            to the queue because the worker is stopping).
+        """
+        job = self.queue.claim(worker=self.name)
+        if job is None:
+            return None
+        log.info("job %s: ingesting %d files into %s/%s", job.id, job.files_total, job.tenant,
+                 job.collection)
+        try:
+            report = self._execute(job)
+        except WorkerStopping:
+            self.queue.release(job)
+            log.info("job %s: back in the queue, the worker is stopping", job.id)
+            return None
+        except RagError as e:
+            return self._end(job, IngestReport(collection=job.collection), error=str(e))
+        except Exception:
+            log.exception("job %s failed", job.id)
+            return self._end(job, IngestReport(collection=job.collection), error=INTERNAL_ERROR)
+        ingested = len(report.added) + len(report.updated) + len(report.unchanged)
+        return self._end(job, report, error=None if ingested else NOTHING_INGESTED)
+
+    def run_pending(self) -> int:
+        """Run queued jobs until none is left (or the worker is stopped); returns how many ran."""
+        ran = 0
+        while not self._stop.is_set() and self.run_once() is not None:
+            ran += 1
+        return ran
+
+    def run_forever(self) -> None:
+        """Poll for jobs until :meth:`stop`; errors are logged and the loop goes on."""
+        while not self._stop.is_set():
+            try:
+                self.queue.requeue_stale(stale_after_s=self.settings.stale_after_s,
+                                         max_attempts=self.settings.max_attempts)
+                if self.run_pending():
+                    continue
+            except RagError as e:
+                log.warning("ingestion worker: %s", e)
+            except Exception:
+                log.exception("ingestion worker: unexpected error; retrying")
+            self._stop.wait(self.settings.poll_interval_s)
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the current file; an unfinished job is requeued."""
+        self._stop.set()
+
+    @contextmanager
+    def running(self, *, join_timeout_s: float = 30.0) -> Iterator[threading.Thread]:
+        """Run :meth:`run_forever` in a background thread for the duration of the block."""
+        self._stop.clear()
+        thread = threading.Thread(target=self.run_forever, name="verity-ingest-worker",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield thread
+        finally:
+            self.stop()
+            thread.join(join_timeout_s)
+            if thread.is_alive():
+                log.warning("the ingestion worker did not stop within %.0fs", join_timeout_s)
+            else:
+                self._stop.clear()  # the worker may be run again
+
+    def _execute(self, job: Job) -> IngestReport:
+        pipeline = IngestPipeline(store=PgvectorStore(self.db, tenant=job.tenant),
+                                  embedder=self.embedder, chunking=self.chunking)
+        report = IngestReport(collection=job.collection)
+
+        def progress(source: str, chunks: int) -> None:
+            self.queue.report(job, _progress(report))
+
+        files = self.queue.files(job)
+        with tempfile.TemporaryDirectory(prefix="verity-job-") as tmp:
+            documents = self._load(job, files, Path(tmp), report, pipeline.fingerprint)
+            pipeline.ingest_documents(documents, collection=job.collection, report=report,
+                                      progress=progress)
+        return report
+
+    def _load(self, job: Job, files: Sequence[UploadedFile], tmp: Path, report: IngestReport,
+              fingerprint: str) -> Iterator[Document]:
+        # Groups and metadata are part of the content hash: uploading the same bytes with
+        # other groups or metadata must update the stored document, not skip it.
+        fingerprint += "|" + json.dumps([sorted(job.acl_groups), job.metadata], sort_keys=True)
+        for i, upload in enumerate(files):
+            if self._stop.is_set():
+                raise WorkerStopping
+            try:
+                document = self._load_one(upload, tmp / f"{i:05d}", fingerprint)
+            except LoaderError as e:
+                report.failed.append((upload.name, str(e)))
+                continue
+            yield replace(document, acl_groups=job.acl_groups, metadata=job.metadata)
+
+    def _load_one(self, upload: UploadedFile, folder: Path, fingerprint: str) -> Document:
+        folder.mkdir()
+        path = folder / Path(upload.name).name
+        path.write_bytes(upload.data)
+        try:
+            return load_file(path, source=upload.name, fingerprint=fingerprint,
+                             max_bytes=int(self.chunking.max_file_mb * 1e6))
+        except LoaderError:
+            raise
+        except Exception as e:  # a malformed file must not fail the whole job
+            log.warning("could not load %s", upload.name, exc_info=True)
+            raise LoaderError(f"unreadable file ({type(e).__name__})") from e
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _end(self, job: Job, report: IngestReport, *, error: str | None) -> Job | None:
+        ended = self.queue.end(job, _progress(report), error=error)
+        if ended is None:
+            log.warning("job %s was given to another worker meanwhile; result dropped", job.id)
+        else:
+            log.info("job %s %s: %s", job.id, ended.status, report.summary())
+        return ended
+
+
+def _progress(report: IngestReport) -> JobProgress:
+    done = len(report.added) + len(report.updated) + len(report.unchanged) + len(report.failed)
+    return JobProgress(files_done=done, chunks_written=report.chunks_written,
+                       failures=tuple(FileFailure(file=s, reason=r) for s, r in report.failed))

@@ -1,0 +1,158 @@
+"""Documents and ingestion jobs for the routes: uploads are queued, never ingested here.
+
+The service only writes the upload into the job queue (``core.jobs``); a
+worker from the ``ingest`` package runs it. Every lookup is scoped to the
+caller's tenant, and listing applies the caller's ACL groups in the query.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO, Protocol
+
+from fastapi.exceptions import RequestValidationError
+
+from core.auth import Principal
+from core.errors import ConfigError, ForbiddenError, NotFoundError
+from core.jobs import JobQueue
+from core.runtime import Runtime
+from core.stores.pgvector_store import PgvectorStore
+from core.types import SearchFilter, UploadedFile
+from service.metrics import Metrics
+from service.protocol import DocumentList, DocumentModel, JobResponse, UploadAccepted
+
+MAX_GROUPS = 50
+MAX_NAME_CHARS = 255
+
+
+class Upload(Protocol):
+    """What is needed of an uploaded file (Starlette's ``UploadFile`` has it)."""
+
+    filename: str | None
+    file: BinaryIO
+
+
+def invalid(field: str, message: str) -> RequestValidationError:
+    """A 422 for one form field, in the same shape as FastAPI's own validation errors."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def parse_groups(raw: str | None) -> tuple[str, ...]:
+    """Comma-separated ACL groups; blanks are dropped.
+
+    Raises:
+        RequestValidationError: too many groups or one over 100 characters (422).
+    """
+    groups = tuple(dict.fromkeys(g.strip() for g in (raw or "").split(",") if g.strip()))
+    if len(groups) > MAX_GROUPS or any(len(g) > 100 for g in groups):
+        raise invalid("groups", f"at most {MAX_GROUPS} groups of 1-100 characters")
+    return groups
+
+
+def parse_metadata(raw: str | None) -> dict[str, Any]:
+    """A JSON object of metadata given to every uploaded document.
+
+    Raises:
+        RequestValidationError: not a JSON object, or a key not 1-100 characters (422).
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise invalid("metadata", "must be a JSON object, e.g. {\"dept\": \"hr\"}") from None
+    if not isinstance(value, dict):
+        raise invalid("metadata", "must be a JSON object, e.g. {\"dept\": \"hr\"}")
+    if any(not key or len(key) > 100 for key in value):
+        raise invalid("metadata", "keys are 1-100 characters")
+    return value
+
+
+def read_uploads(files: Sequence[Upload]) -> list[UploadedFile]:
+    """The uploaded files, each named by its base name (a path sent by the client is dropped).
+
+    Raises:
+        RequestValidationError: a file has no usable name, or two share one (422).
+    """
+    out: list[UploadedFile] = []
+    for upload in files:
+        name = PurePosixPath((upload.filename or "").replace("\\", "/")).name.strip()
+        if not name or name in (".", "..") or len(name) > MAX_NAME_CHARS:
+            raise invalid("files", "every file needs a name of 1-255 characters")
+        if any(f.name == name for f in out):
+            raise invalid("files", f"two files are named {name!r}; names must be unique")
+        out.append(UploadedFile(name=name, data=upload.file.read()))
+    return out
+
+
+def enqueue_upload(runtime: Runtime, principal: Principal, *, collection: str,
+                   files: list[UploadedFile], groups: tuple[str, ...], metadata: dict[str, Any],
+                   metrics: Metrics | None = None) -> UploadAccepted:
+    """Queue uploaded files for ingestion into one of the caller's collections.
+
+    Raises:
+        ConfigError: the collection exists but was built with another embedder (400).
+    """
+    _check_embedder(_store(runtime, principal), collection, runtime.embedder.name)
+    job_id = JobQueue(runtime.db).enqueue(tenant=principal.tenant, collection=collection,
+                                          files=files, groups=groups, metadata=metadata)
+    if metrics is not None:
+        metrics.observe_upload(files=len(files))
+    return UploadAccepted(job_id=job_id)
+
+
+def job_status(runtime: Runtime, principal: Principal, job_id: str) -> JobResponse:
+    """A job of the caller's tenant.
+
+    Raises:
+        NotFoundError: no such job in the tenant (404).
+    """
+    return JobResponse.of(JobQueue(runtime.db).get(job_id, tenant=principal.tenant))
+
+
+def list_documents(runtime: Runtime, principal: Principal, *, collection: str, limit: int,
+                   offset: int) -> DocumentList:
+    """One page of the documents the caller may see in a collection of its tenant.
+
+    Raises:
+        NotFoundError: the tenant has no such collection (404).
+    """
+    docs, total = _store(runtime, principal).list_documents(
+        collection=collection, where=_visible(principal), limit=limit, offset=offset)
+    return DocumentList(documents=[DocumentModel.of(d) for d in docs], total=total, limit=limit,
+                        offset=offset)
+
+
+def delete_document(runtime: Runtime, principal: Principal, doc_id: str) -> None:
+    """Delete a document the caller can see; only admin keys may.
+
+    Raises:
+        NotFoundError: the caller cannot see such a document in its tenant (404).
+        ForbiddenError: it can, but the key is not an admin key (403).
+    """
+    store = _store(runtime, principal)
+    store.get_document(doc_id, where=_visible(principal))
+    if not principal.is_admin:
+        raise ForbiddenError("deleting documents needs an admin key of the tenant")
+    if not store.delete_document_by_id(doc_id):
+        raise NotFoundError("no such document; list documents with GET /v1/documents")
+
+
+def _check_embedder(store: PgvectorStore, collection: str, embedder: str) -> None:
+    try:
+        model, _ = store.collection_model(collection)
+    except NotFoundError:
+        return  # the worker creates it
+    if model != embedder:
+        raise ConfigError(f"collection {collection!r} holds embeddings of {model}, but this "
+                          f"server embeds with {embedder}: upload into another collection")
+
+
+def _store(runtime: Runtime, principal: Principal) -> PgvectorStore:
+    return runtime.store_for(principal.tenant)
+
+
+def _visible(principal: Principal) -> SearchFilter:
+    return SearchFilter(groups=principal.groups)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from service import collections
+from service.deps import AdminDep, PrincipalDep, RuntimeDep
+from service.protocol import (
+    COLLECTION_PATTERN,
+    CollectionList,
+    CollectionModel,
+    CreateCollectionRequest,
+    ErrorResponse,
+)
+
+router = APIRouter(tags=["collections"])
+
+_ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+           403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+           409: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+           429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+@router.get("/v1/collections", response_model=CollectionList, responses=_ERRORS)
+def list_collections(runtime: RuntimeDep, principal: PrincipalDep) -> CollectionList:
+    """The tenant's collections, counting the documents and chunks the caller may see."""
+    return collections.list_collections(runtime, principal)
+
+
+@router.post("/v1/collections", status_code=201, response_model=CollectionModel, responses=_ERRORS)
+def create_collection(request: CreateCollectionRequest, runtime: RuntimeDep,
+                      principal: AdminDep) -> CollectionModel:
+    """Create an empty collection for the server's embedding model (admin keys)."""
+    return collections.create_collection(runtime, principal, request)
+
+
+@router.delete("/v1/collections/{name}", status_code=204, response_class=Response,
+               responses=_ERRORS)
+def delete_collection(name: Annotated[str, Path(max_length=64, pattern=COLLECTION_PATTERN)],
+                      runtime: RuntimeDep, principal: AdminDep) -> Response:
+    """Delete a collection with all its documents and chunks (admin keys)."""
+    collections.delete_collection(runtime, principal, name)
+    return Response(status_code=204)

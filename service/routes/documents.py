@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from service import documents
+from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
+from service.protocol import COLLECTION_PATTERN, DocumentList, ErrorResponse, JobResponse, UploadAccepted
+
+router = APIRouter(tags=["documents"])
+
+_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+           404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+           422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}}
+
+CollectionForm = Annotated[str, Form(min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
+                                     description="the collection to ingest into")]
+CollectionQuery = Annotated[str | None, Query(
+    min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
+    description="the collection; default: the server's default collection")]
+
+
+@router.post("/v1/documents", status_code=202, response_model=UploadAccepted, responses=_ERRORS)
+def upload_documents(
+    files: Annotated[list[UploadFile], File(description="one or more md, txt, html or pdf files")],
+    collection: CollectionForm,
+    runtime: RuntimeDep,
+    principal: AdminDep,
+    metrics: MetricsDep,
+    groups: Annotated[str | None, Form(description="comma-separated ACL groups")] = None,
+    metadata: Annotated[str | None, Form(description="a JSON object for every document")] = None,
+) -> UploadAccepted:
+    """Queue files for ingestion (admin keys); poll the returned job for progress."""
+    return documents.enqueue_upload(
+        runtime, principal, collection=collection, files=documents.read_uploads(files),
+        groups=documents.parse_groups(groups), metadata=documents.parse_metadata(metadata),
+        metrics=metrics)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=_ERRORS)
+def get_job(job_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> JobResponse:
+    """An ingestion job of the caller's tenant: status, progress and per-file failures."""
+    return documents.job_status(runtime, principal, job_id)
+
+
+@router.get("/v1/documents", response_model=DocumentList, responses=_ERRORS)
+def list_documents(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    collection: CollectionQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DocumentList:
+    """The documents of a collection the caller may see, by source, a page at a time."""
+    return documents.list_documents(runtime, principal,
+                                    collection=collection or runtime.settings.collection,
+                                    limit=limit, offset=offset)
+
+
+@router.delete("/v1/documents/{doc_id}", status_code=204, response_class=Response,
+               responses=_ERRORS)
+def delete_document(doc_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """Delete a document and its chunks (admin keys)."""
+    documents.delete_document(runtime, principal, doc_id)
+    return Response(status_code=204)
