@@ -3,7 +3,8 @@
 import httpx
 import pytest
 
-from clients.http import SearchResult, VerityAPIError, _body
+from clients.http import SearchResult, VerityAPIError, VerityClient, VerityConnectionError, _body
+from core.llama_server import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +41,9 @@ def test_search_result_tolerates_fields_it_does_not_know() -> None:
     assert result.results[0].metadata() == {
         "document": "kb/a.md", "chunk_id": "c-1", "score": 0.5, "scores": {"bm25": 1.0},
         "heading": "", "page": None, "title": "A"}
+
+
+def test_an_unreachable_server_is_a_connection_error() -> None:
+    with VerityClient(f"http://127.0.0.1:{free_port()}", timeout=5) as verity, \
+            pytest.raises(VerityConnectionError, match="cannot reach Verity"):
+        verity.search("anything")
