@@ -39,6 +39,8 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
     (GenerationError, 503, "generation_unavailable"),
 ]
 
+_HTTP_KINDS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+
 
 def error_response(status: int, kind: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
@@ -72,8 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "http_error"
-        return error_response(exc.status_code, kind, str(exc.detail))
+        kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
+        return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}) or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
