@@ -44,6 +44,8 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
     (GenerationError, 503, "generation_unavailable"),
 ]
 
+_HTTP_KINDS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+
 
 def error_response(status: int, kind: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
@@ -91,7 +93,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
+        # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
+        return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}) or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+)
 
 from core.types import (
     Answer,
@@ -20,7 +33,77 @@ from core.types import (
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _OPS = ("in", "gt", "gte", "lt", "lte")
-Scalar = str | int | float | bool
+# PostgreSQL text and jsonb cannot hold NUL, so filter strings may not contain it.
+_NO_NUL = r"^[^\x00]*$"
+FilterStr = Annotated[str, StringConstraints(pattern=_NO_NUL)]
+# Python's json module reads NaN and Infinity, which jsonb refuses: filters take finite numbers.
+Scalar = FilterStr | int | FiniteFloat | bool
+# Ranges compare numbers or strings (ISO dates), never booleans.
+RangeOperand = (Annotated[StrictStr, StringConstraints(pattern=_NO_NUL)] | StrictInt
+                | Annotated[StrictFloat, AllowInfNan(False)])
+
+
+def _unstorable(value: Any) -> str | None:
+    """What in a JSON value jsonb cannot hold (NUL characters, NaN, infinities), if anything."""
+    if isinstance(value, str):
+        return "NUL (\\u0000) characters" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "NaN or infinite numbers"
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        return None
+    return next((problem for problem in map(_unstorable, items) if problem), None)
+
+
+def _json_integer(value: Any) -> Any:
+    """Refuse what a lax ``int`` would take but JSON Schema's ``integer`` does not: true, "4"."""
+    if isinstance(value, bool | str):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+# JSON Schema's integer: 4 and 4.0 (which schema-driven clients may send), never true or "4".
+# It goes after the bounds in Annotated[...], so the schema shows them as minimum/maximum.
+_JSON_INTEGER = BeforeValidator(_json_integer)
+
+
+class _Operator(BaseModel):
+    """``{"op": operand}`` with exactly one known operator; anything else is refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InCondition(_Operator):
+    in_: list[Scalar] = Field(alias="in", min_length=1, description="any of these values")
+
+
+class GtCondition(_Operator):
+    gt: RangeOperand
+
+
+class GteCondition(_Operator):
+    gte: RangeOperand
+
+
+class LtCondition(_Operator):
+    lt: RangeOperand
+
+
+class LteCondition(_Operator):
+    lte: RangeOperand
+
+
+Condition = InCondition | GtCondition | GteCondition | LtCondition | LteCondition
+FilterKey = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+def _keys_without_nul(schema: dict[str, Any]) -> None:
+    """Declare that filter keys hold no NUL.
+
+    Not a pattern on ``FilterKey``: pydantic turns key patterns into ``patternProperties``,
+    which would leave keys outside the pattern unconstrained instead of refused.
+    """
+    schema["propertyNames"]["pattern"] = _NO_NUL
 
 
 class RetrievalOptions(BaseModel):
@@ -30,24 +113,33 @@ class RetrievalOptions(BaseModel):
         default=None, min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
         description="collection to search; default: the server's default collection",
     )
-    top_k: int | None = Field(default=None, ge=1, le=50, description="chunks to return")
+    top_k: Annotated[int, Field(ge=1, le=50), _JSON_INTEGER] | None = Field(
+        default=None, description="chunks to return")
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(
         default=None, description="retrieval mode; default: the server's (hybrid)")
     fusion: Literal["rrf", "weighted"] | None = Field(
         default=None, description="how hybrid mode fuses dense and BM25 rankings")
-    dense_weight: float | None = Field(
+    # Strict: a lax float would take true or "0.5", which the schema does not admit.
+    dense_weight: StrictFloat | None = Field(
         default=None, ge=0.0, le=1.0, description="weight of dense scores in weighted fusion")
-    widen: int | None = Field(
-        default=None, ge=0, le=5, description="neighbouring chunks added on each side of a hit")
-    filters: dict[str, Scalar | dict[str, Scalar | list[Scalar]]] = Field(
+    widen: Annotated[int, Field(ge=0, le=5), _JSON_INTEGER] | None = Field(
+        default=None, description="neighbouring chunks added on each side of a hit")
+    # The types spell out every rule, so the OpenAPI schema admits exactly what is accepted.
+    filters: dict[FilterKey, Scalar | Condition] = Field(
         default_factory=dict,
         description='metadata filters: {"dept": "hr"}, {"year": {"gte": 2020}}, '
                     '{"lang": {"in": ["en", "de"]}}',
+        json_schema_extra=_keys_without_nul,
     )
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _known_ops(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _known_ops(cls, value: Any) -> Any:
+        """Clear messages for the usual mistakes; the types above then check the rest."""
+        if not isinstance(value, dict):
+            return value
+        if problem := _unstorable(value):
+            raise ValueError(f"filter keys and values cannot contain {problem}")
         for key, cond in value.items():
             if not key or len(key) > 100:
                 raise ValueError("filter keys are 1-100 characters")
@@ -64,9 +156,9 @@ class RetrievalOptions(BaseModel):
     def conditions(self) -> tuple[MetadataCondition, ...]:
         out = []
         for key, cond in self.filters.items():
-            if isinstance(cond, dict):
-                op, operand = next(iter(cond.items()))
-                out.append(MetadataCondition(key, op, operand))  # type: ignore[arg-type]
+            if isinstance(cond, _Operator):
+                ((op, operand),) = cond.model_dump(by_alias=True).items()
+                out.append(MetadataCondition(key, op, operand))
             else:
                 out.append(MetadataCondition(key, "eq", cond))
         return tuple(out)

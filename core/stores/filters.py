@@ -18,7 +18,7 @@ _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 def compile_filter(f: SearchFilter | None) -> tuple[sql.Composable, dict[str, Any]]:
-    """A predicate on alias ``d`` and its parameters (named ``f_*``)."""
+    """A predicate on alias ``d`` and its parameters (named ``f_*``; keys and values alike)."""
     if f is None:
         return sql.SQL("TRUE"), {}
     parts: list[sql.Composable] = []
@@ -30,13 +30,16 @@ def compile_filter(f: SearchFilter | None) -> tuple[sql.Composable, dict[str, An
         part, value = _condition(cond, name=f"f_{i}")
         parts.append(part)
         params[f"f_{i}"] = value
+        params[f"f_{i}_key"] = cond.key
     if not parts:
         return sql.SQL("TRUE"), {}
     return sql.SQL(" AND ").join(parts), params
 
 
 def _condition(cond: MetadataCondition, *, name: str) -> tuple[sql.Composable, Any]:
-    key = sql.Literal(cond.key)
+    # The key is a parameter too: as a literal in the SQL text, a '%' in it would be taken
+    # for a placeholder by psycopg (and fail the query).
+    key = sql.SQL("{}::text").format(sql.Placeholder(f"{name}_key"))
     param = sql.Placeholder(name)
     match cond.op:
         case "eq":

@@ -181,6 +181,9 @@ def test_bm25_statistics_ignore_invisible_chunks(
     ((MetadataCondition("year", "lt", 2021), MetadataCondition("dept", "eq", "all")),
      {"handbook.md"}),
     ((MetadataCondition("year", "gt", 3000),), set()),
+    # Keys are parameters, so psycopg's placeholder syntax in them is just text.
+    ((MetadataCondition("50% off", "in", ["x"]),), set()),
+    ((MetadataCondition("%(f_0)s é%", "gte", 1), MetadataCondition("%s", "lt", "z")), set()),
 ])
 def test_metadata_filters(store: PgvectorStore, restricted: tuple[str, np.ndarray],
                           conditions: tuple[MetadataCondition, ...], expected: set[str]) -> None:

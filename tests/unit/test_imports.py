@@ -1,4 +1,5 @@
-"""service/ and ingest/ never import each other (import-linter checks this too, in make lint)."""
+"""service/ and ingest/ never import each other, and clients/ imports nothing of the server
+(import-linter checks this too, in make lint)."""
 
 import subprocess
 import sys
@@ -11,6 +12,9 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(("module", "forbidden"), [
     ("service.app", "ingest"), ("ingest.pipeline", "service"), ("core.runtime", "ingest"),
     ("ingest.worker", "service"), ("core.jobs", "ingest"),
+    # An application that only calls the API loads neither the server nor a framework.
+    ("clients", "core"), ("clients", "service"), ("clients", "langchain_core"),
+    ("clients", "llama_index"),
 ])
 def test_module_does_not_pull_in(module: str, forbidden: str) -> None:
     code = (f"import sys, {module}; bad = [m for m in sys.modules if m == {forbidden!r} "

