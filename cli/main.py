@@ -490,8 +490,8 @@ def eval_retrieval(
 
     _logging(logging.WARNING)
     settings = _settings()
-    name = validate_collection_name(collection)
     try:
+        name = validate_collection_name(collection)
         mode_list = parse_modes(modes)
         check_setup(mode_list, depth=depth, oversample=oversample)
     except ValueError as e:

@@ -5,8 +5,11 @@ class RagError(Exception):
     """Base class of every error Verity raises on purpose."""
 
 
-class ConfigError(RagError):
-    """The configuration is wrong or points at something missing."""
+class ConfigError(RagError, ValueError):
+    """The configuration or a request is wrong, or points at something missing.
+
+    Also a ``ValueError``, so validators (pydantic, typer) treat it as bad input.
+    """
 
 
 class StoreError(RagError):

@@ -199,8 +199,10 @@ def validate_collection_name(name: str) -> str:
     """Collection names are 1-64 characters of letters, digits, ``-``, ``_`` and ``.``."""
     import re
 
+    from core.errors import ConfigError
+
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ValueError(
+        raise ConfigError(
             f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-'"
         )
     return name

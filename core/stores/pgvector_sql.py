@@ -247,6 +247,9 @@ def _binary_index_name(collection_id: int) -> str:
     return f"chunks_bin_hnsw_{collection_id}"
 
 
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
 def set_ef_search(ef: int) -> sql.Composed:
     """HNSW search breadth for the rest of the transaction (must reach the candidate count).
 
@@ -255,4 +258,4 @@ def set_ef_search(ef: int) -> sql.Composed:
     """
     return sql.SQL(
         "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order"
-    ).format(sql.Literal(int(ef)))
+    ).format(sql.Literal(min(int(ef), MAX_EF_SEARCH)))

@@ -158,9 +158,12 @@ class PgvectorStore:
             if mode == "float":
                 rows = conn.execute(q.search_float(visible=visible), params).fetchall()
             elif mode == "binary-rescore":
+                # pgvector caps hnsw.ef_search at 1000; more candidates than that cannot be
+                # returned by one index scan, so the candidate list is capped with it.
+                candidates = min(max(top_k * oversample, top_k), q.MAX_EF_SEARCH)
                 params["query_bits"] = Bit(query > 0)
-                params["candidates"] = top_k * oversample
-                conn.execute(q.set_ef_search(max(40, top_k * oversample)))
+                params["candidates"] = candidates
+                conn.execute(q.set_ef_search(max(40, candidates)))
                 rows = conn.execute(
                     q.search_binary_rescore(collection_id=cid, dim=dim, visible=visible), params
                 ).fetchall()

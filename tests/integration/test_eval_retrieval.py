@@ -1,0 +1,102 @@
+"""The retrieval evaluation end to end on a tiny generated BEIR dataset, on the real
+embedded Postgres and the bundled embedder: in process, and as ``verity eval retrieval``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli.beir_ingest import load_beir_corpus
+
+from core.embedders import SentenceTransformerEmbedder
+from core.settings import ChunkingSettings
+from core.stores.pgvector_store import PgvectorStore
+from eval.datasets import load_beir
+from eval.retrieval import evaluate_retrieval
+from ingest.pipeline import IngestPipeline
+from tests.helpers import write_beir
+
+pytestmark = pytest.mark.integration
+
+DOCS = [
+    {"_id": "volcano", "title": "Volcanic eruptions in Iceland",
+     "text": "Basaltic lava flows from fissure vents on the Reykjanes peninsula."},
+    {"_id": "bees", "title": "Honeybee colony collapse disorder",
+     "text": "Worker bees vanish from the hive, leaving the queen and brood behind."},
+    {"_id": "chess", "title": "Opening theory in chess",
+     "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp positions."},
+    {"_id": "rust", "title": "Memory safety in the Rust programming language",
+     "text": "The borrow checker rejects programs with dangling references at compile time."},
+    {"_id": "bread", "title": "Sourdough bread fermentation",
+     "text": "Wild yeast and lactic acid bacteria leaven the dough and sour its taste."},
+]
+# Each query is a document's title; "bees" also has a weaker second judgment.
+QUERIES = [{"_id": "q-bees", "text": "Honeybee colony collapse disorder"},
+           {"_id": "q-chess", "text": "Opening theory in chess"},
+           {"_id": "q-rust", "text": "Memory safety in the Rust programming language"}]
+QRELS = "query-id\tcorpus-id\tscore\nq-bees\tbees\t2\nq-bees\tbread\t0\nq-chess\tchess\t1\nq-rust\trust\t1\n"
+MODES = ["dense-float32", "dense-binary-rescore"]
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "tiny-beir", docs=list(DOCS), queries=list(QUERIES), qrels=QRELS)
+
+
+def test_title_queries_retrieve_their_document_first(
+    dataset: Path, store: PgvectorStore, embedder: SentenceTransformerEmbedder, collection: str
+) -> None:
+    pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
+    first = pipeline.ingest_documents(load_beir_corpus(dataset, fingerprint=pipeline.fingerprint),
+                                      collection=collection)
+    assert first.ok and sorted(first.added) == sorted(d["_id"] for d in DOCS)
+    again = pipeline.ingest_documents(load_beir_corpus(dataset, fingerprint=pipeline.fingerprint),
+                                      collection=collection)
+    assert again.chunks_written == 0 and len(again.unchanged) == len(DOCS)
+
+    data = load_beir(dataset)
+    result = evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
+                                qrels=data.qrels, collection=collection, modes=MODES, depth=10,
+                                oversample=4)
+    assert [m.mode for m in result.modes] == MODES
+    for mode in result.modes:
+        assert mode.per_query["mrr@10"] == {"q-bees": 1.0, "q-chess": 1.0, "q-rust": 1.0}
+        assert mode.metrics["ndcg@10"] == pytest.approx(1.0)
+        assert mode.metrics["recall@10"] == mode.metrics["recall@100"] == 1.0
+        assert mode.docs_per_query == len(DOCS)  # one chunk each, all retrieved at depth 10
+        assert all(ms > 0 for ms in mode.search_ms.values())
+
+
+@pytest.mark.slow
+def test_cli_writes_reports_and_reingests_nothing(dataset: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
+    env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    out = tmp_path / "reports"
+    args = [sys.executable, "-m", "cli", "eval", "retrieval", "--dataset", str(dataset),
+            "--collection", "tiny", "--out", str(out), "--modes", ",".join(MODES), "--depth", "10"]
+    runs = [subprocess.run(args, env=env, capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert "5 added" in runs[0].stderr and "0 chunks written" in runs[1].stderr
+    assert "5 unchanged" in runs[1].stderr
+    report = json.loads((out / "retrieval.json").read_text())
+    assert report["provenance"]["dataset_sha256"] == load_beir(dataset).sha256
+    assert [m["metrics"]["mrr@10"] for m in report["modes"]] == [1.0, 1.0]
+    assert "dense-binary-rescore" in (out / "retrieval.md").read_text()
+
+
+def test_cli_names_the_missing_file(tmp_path: Path, dataset: Path) -> None:
+    (dataset / "queries.jsonl").unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
+    env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "cli", "eval", "retrieval", "--dataset",
+                          str(dataset), "--collection", "tiny", "--out", str(tmp_path / "r")],
+                         env=env, capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "missing queries.jsonl" in run.stderr
