@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from core.errors import (
     AuthError,
@@ -44,7 +45,21 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
     (GenerationError, 503, "generation_unavailable"),
 ]
 
-_HTTP_KINDS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_KINDS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large"}
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API serves at this path, from its OpenAPI schema.
+
+    Starlette names only the first matching route's methods, which is wrong
+    where GET and POST of one path are separate routes.
+    """
+    methods: set[str] = set()
+    for path, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(path)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
 
 
 def error_response(status: int, kind: str, message: str,
@@ -62,8 +77,6 @@ async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
-
-_HTTP_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _headers(exc: RagError) -> dict[str, str] | None:
@@ -91,10 +104,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", problems or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
         # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
-        return error_response(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, kind, str(exc.detail), headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -337,3 +337,25 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+ERROR_DESCRIPTIONS = {
+    400: "the body could not be parsed (not UTF-8 JSON), or conflicts with the server's setup",
+    401: "no key, or an invalid or revoked one",
+    403: "the key may not do this (admin operations)",
+    404: "not found, or not visible to this key",
+    409: "it already exists",
+    413: "the body is over the size limit",
+    422: "the body is not valid; the message names the field",
+    429: "too many requests for this key; see Retry-After",
+    503: "a backend (database, embedder) is down",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring ``codes`` with the one error schema.
+
+    Every error a route can answer with must be declared; the schemathesis test checks it.
+    """
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]}
+            for code in codes}

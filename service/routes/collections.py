@@ -12,15 +12,12 @@ from service.protocol import (
     CollectionList,
     CollectionModel,
     CreateCollectionRequest,
-    ErrorResponse,
+    error_responses,
 )
 
 router = APIRouter(tags=["collections"])
 
-_ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-           403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-           409: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-           429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 
 @router.get("/v1/collections", response_model=CollectionList, responses=_ERRORS)

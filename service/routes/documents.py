@@ -7,14 +7,17 @@ from fastapi.responses import Response
 
 from service import documents
 from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
-from service.protocol import COLLECTION_PATTERN, DocumentList, ErrorResponse, JobResponse, UploadAccepted
+from service.protocol import (
+    COLLECTION_PATTERN,
+    DocumentList,
+    JobResponse,
+    UploadAccepted,
+    error_responses,
+)
 
 router = APIRouter(tags=["documents"])
 
-_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-           404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-           422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
-           503: {"model": ErrorResponse}}
+_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
 
 CollectionForm = Annotated[str, Form(min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
                                      description="the collection to ingest into")]

@@ -24,11 +24,10 @@ from service.openai_protocol import (
     ModelList,
     Usage,
 )
-from service.protocol import CitationModel, ErrorResponse, QueryRequest, QueryResponse
+from service.protocol import CitationModel, QueryRequest, QueryResponse, error_responses
 
 router = APIRouter(tags=["openai"])
-_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-           422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
+_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)

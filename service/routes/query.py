@@ -1,37 +1,23 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service import answering
 from service.deps import MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
-    ErrorResponse,
     HealthResponse,
     QueryRequest,
     QueryResponse,
     ReadyResponse,
     SearchRequest,
     SearchResponse,
+    error_responses,
 )
 
 router = APIRouter()
 
-# Every error a /v1 route can answer with; the OpenAPI schema must declare them all.
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in [
-        (400, "the body could not be parsed (not UTF-8 JSON)"),
-        (401, "no key, or an invalid or revoked one"),
-        (404, "the collection does not exist"),
-        (413, "the body is over the size limit"),
-        (422, "the body is not valid; the message names the field"),
-        (429, "too many requests for this key; see Retry-After"),
-        (503, "a backend (database, embedder) is down"),
-    ]
-}
+_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503)
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"])

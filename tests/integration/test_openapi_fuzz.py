@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TENANT = "fuzz"
 # Operations that generate with the LLM: too slow to call hundreds of times.
-LLM_PATHS = ["/v1/query"]
+LLM_PATHS = ["/v1/query", "/v1/chat/completions"]
 BASE_URL = "http://testserver"
 
 
