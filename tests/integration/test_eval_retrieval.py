@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli.beir_ingest import load_beir_corpus
 
 from core.embedders import SentenceTransformerEmbedder
 from core.settings import ChunkingSettings
 from core.stores.pgvector_store import PgvectorStore
 from eval.datasets import load_beir
 from eval.retrieval import evaluate_retrieval
+from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline
 from tests.helpers import write_beir
 
