@@ -27,6 +27,7 @@ import numpy as np
 
 from core.connectors import Connector
 from core.errors import GenerationError, NotFoundError
+from core.pii import PiiVault
 from core.rag import Prepared, RagPipeline
 from core.settings import CragSettings, RetrievalSettings
 from core.types import Answer, Citation, ScoredChunk, SearchFilter
@@ -97,7 +98,8 @@ class CorrectiveRag:
         where: SearchFilter | None = None, retrieval: RetrievalSettings | None = None,
     ) -> Prepared:
         """Retrieve, grade and correct; the refined knowledge becomes the numbered sources."""
-        prepared = Prepared(question=question, usage={"prompt_tokens": 0, "completion_tokens": 0})
+        prepared = Prepared(question=question, usage={"prompt_tokens": 0, "completion_tokens": 0},
+                            vault=self.rag.vault_for(collection))
         timer, trace = prepared.timer, prepared.trace
         cfg = retrieval or self.rag.settings
         hits = self.rag.retrieve(question, collection=collection, top_k=top_k, timer=timer,
@@ -115,7 +117,7 @@ class CorrectiveRag:
             with timer.stage("correct_ms"):
                 knowledge += self._correct(question, qvec, collection=collection, where=where,
                                            cfg=cfg, top_k=top_k, trace=trace,
-                                           usage=prepared.usage)
+                                           usage=prepared.usage, vault=prepared.vault)
         with timer.stage("refine_ms"):
             refined = self._refine(qvec, knowledge, trace)
         if refined:
@@ -145,15 +147,18 @@ class CorrectiveRag:
 
     def _correct(self, question: str, qvec: np.ndarray, *, collection: str,
                  where: SearchFilter | None, cfg: RetrievalSettings, top_k: int | None,
-                 trace: dict[str, Any], usage: dict[str, int]) -> list[Knowledge]:
+                 trace: dict[str, Any], usage: dict[str, int],
+                 vault: PiiVault | None = None) -> list[Knowledge]:
         query = question
         if self.settings.rewrite and self.rag.generator is not None:
+            masked = vault.mask(question) if vault else question
             try:
                 rewritten = self.rag.generator.generate(
                     [{"role": "user", "content": self.rag.prompts.render("rewrite",
-                                                                           question=question)}],
+                                                                           question=masked)}],
                     max_tokens=32)
-                query = _clean_query(rewritten.text) or question
+                text = vault.unmask(rewritten.text) if vault else rewritten.text
+                query = _clean_query(text) or question
                 usage["prompt_tokens"] += rewritten.prompt_tokens
                 usage["completion_tokens"] += rewritten.completion_tokens
             except GenerationError:

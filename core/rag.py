@@ -16,9 +16,10 @@ from core.citations import attribute, best_support, check_citations
 from core.errors import GenerationError
 from core.fusion import fuse
 from core.injection import neutralize
+from core.pii import PiiVault
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator
-from core.settings import RetrievalSettings
+from core.settings import PiiSettings, RetrievalSettings
 from core.stores.pgvector_store import PgvectorStore
 from core.types import Answer, Citation, ScoredChunk, SearchFilter
 
@@ -61,14 +62,17 @@ class Prepared:
     started: float = field(default_factory=time.perf_counter)
     usage: dict[str, int] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
+    vault: PiiVault | None = None
 
     def finish(self, answer: Answer) -> Answer:
         """The answer with this preparation's timings, summed token usage and trace."""
         self.timer.timings["total_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
         usage = {k: self.usage.get(k, 0) + answer.usage.get(k, 0)
                  for k in set(self.usage) | set(answer.usage)}
-        return replace(answer, timings=dict(self.timer.timings), usage=usage,
-                       trace={**self.trace, **answer.trace})
+        trace = {**self.trace, **answer.trace}
+        if self.vault is not None:
+            trace["pii_masked"] = self.vault.masked
+        return replace(answer, timings=dict(self.timer.timings), usage=usage, trace=trace)
 
 
 class RagPipeline:
@@ -88,7 +92,9 @@ class RagPipeline:
         generator: Generator | None,
         prompts: PromptLibrary,
         settings: RetrievalSettings,
+        pii: PiiSettings | None = None,
     ) -> None:
+        self.pii = pii or PiiSettings()
         self.store = store
         self.embedder = embedder
         self.generator = generator
@@ -146,7 +152,7 @@ class RagPipeline:
         settings: RetrievalSettings | None = None, where: SearchFilter | None = None,
     ) -> Prepared:
         """Retrieve the sources for a question and decide whether to abstain."""
-        prepared = Prepared(question=question)
+        prepared = Prepared(question=question, vault=self.vault_for(collection))
         hits = self.retrieve(question, collection=collection, top_k=top_k, timer=prepared.timer,
                              settings=settings, where=where)
         hits = self.store.widen(hits, window=(settings or self.settings).widen)
@@ -154,6 +160,10 @@ class RagPipeline:
         prepared.abstain = not hits or not self.relevant(hits, question=question,
                                                          collection=collection, where=where)
         return prepared
+
+    def vault_for(self, collection: str) -> PiiVault | None:
+        """A fresh vault when the collection's text must be masked for the model, else None."""
+        return PiiVault() if self.pii.enabled_for(collection) else None
 
     def answer(
         self, question: str, *, collection: str, top_k: int | None = None,
@@ -170,7 +180,7 @@ class RagPipeline:
             return prepared.finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)))
         try:
             with prepared.timer.stage("generate_ms"):
-                generation = self._generate(prepared.question, sources)
+                generation = self._generate(prepared.question, sources, prepared.vault)
         except GenerationError:
             return prepared.finish(
                 Answer(UNAVAILABLE_TEXT, "generation_unavailable", (), tuple(sources)))
@@ -188,28 +198,35 @@ class RagPipeline:
             yield answer
             return
         parts: list[str] = []
+        vault = prepared.vault
         with prepared.timer.stage("generate_ms"):
-            for delta in self.generator.stream(self.messages(prepared.question,
-                                                             prepared.sources)):
+            deltas = self.generator.stream(self.messages(prepared.question, prepared.sources,
+                                                         vault))
+            for delta in vault.unmask_stream(deltas) if vault else deltas:
                 parts.append(delta)
                 yield delta
         yield prepared.finish(ground(Generation(text="".join(parts).strip()), prepared.sources))
 
-    def messages(self, question: str, sources: list[Citation]) -> list[dict[str, str]]:
-        """The chat messages: rules, then the fenced sources with instructions removed."""
+    def messages(self, question: str, sources: list[Citation],
+                 vault: PiiVault | None = None) -> list[dict[str, str]]:
+        """The chat messages: rules, then the fenced sources with instructions removed
+        (and personal data masked when a vault is given)."""
+        mask = vault.mask if vault else (lambda text: text)
         return [
             {"role": "system", "content": self.prompts.render("answer_system")},
             {"role": "user", "content": self.prompts.render(
-                "answer_user", question=question,
-                sources=[{"n": s.n, "document": s.document, "text": neutralize(s.text)[0]}
+                "answer_user", question=mask(question),
+                sources=[{"n": s.n, "document": s.document, "text": mask(neutralize(s.text)[0])}
                          for s in sources],
             )},
         ]
 
-    def _generate(self, question: str, sources: list[Citation]) -> Generation:
+    def _generate(self, question: str, sources: list[Citation],
+                  vault: PiiVault | None = None) -> Generation:
         if self.generator is None:
             raise GenerationError("no generator is configured")
-        return self.generator.generate(self.messages(question, sources))
+        generation = self.generator.generate(self.messages(question, sources, vault))
+        return replace(generation, text=vault.unmask(generation.text)) if vault else generation
 
 
 def numbered_sources(hits: Any) -> list[Citation]:

@@ -138,6 +138,17 @@ class CragSettings(BaseModel):
         return self
 
 
+class PiiSettings(BaseModel):
+    """Private-data protection: mask personal data before it reaches the model."""
+
+    collections: list[str] = Field(default_factory=list,
+                                   description="collections whose text is masked")
+    all: bool = Field(default=False, description="mask text of every collection")
+
+    def enabled_for(self, collection: str) -> bool:
+        return self.all or collection in self.collections
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -181,6 +192,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     crag: CragSettings = CragSettings()
+    pii: PiiSettings = PiiSettings()
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
 
