@@ -115,6 +115,9 @@ class FaissSettings(BaseModel):
     )
     hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW graph degree")
     ef_search: int = Field(default=64, ge=1, description="HNSW search breadth; at least the candidates")
+    float_shortlist: int = Field(
+        default=4, ge=1, description="with float rescoring: int8 winners per hit rescored with halfvec",
+    )
     stream_batch: int = Field(default=5000, ge=100, description="rows per fetch when reading Postgres")
 
 

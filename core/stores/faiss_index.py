@@ -12,8 +12,9 @@ collection's ``halfvec`` embeddings and holds:
 
 A search takes the ``top_k x oversample`` nearest codes by Hamming distance, rescores
 them by int8 dot products with the float query and returns the best ``top_k``;
-optionally the float (``halfvec``) vectors of those are then read from Postgres for
-exact scores. Building, searching and rescoring are separate functions below.
+optionally the best ``top_k x float_shortlist`` by int8 are rescored with their float
+(``halfvec``) vectors read from Postgres, for exact scores and a little more recall.
+Building, searching and rescoring are separate functions below.
 
 On disk, under ``DATA_DIR/faiss/<tenant>/<collection>/``::
 
@@ -265,13 +266,17 @@ class FaissIndex:
         """Bytes the binary index takes in memory (codes, plus the graph for HNSW)."""
         return int(_faiss().serialize_index_binary(self.binary).nbytes)
 
-    def candidates(self, query: np.ndarray, *, top_k: int, oversample: int, ef_search: int = 64
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, int8 scores)`` of the best ``top_k``: binary candidates, then int8 rescoring."""
+    def shortlist(self, query: np.ndarray, *, candidates: int, keep: int, ef_search: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, int8 scores)`` of the best ``keep`` among ``candidates`` binary neighbours.
+
+        Raises:
+            ValueError: the query has the wrong dimension.
+        """
         self._check_query(query)
         bits = quantize_binary(query.reshape(1, -1).astype(np.float32))[0]
-        rows = search_binary(self.binary, bits, candidates=top_k * oversample, ef_search=ef_search)
-        return rescore_int8(query, self.codes, rows, ranges=self.ranges, top_k=top_k)
+        rows = search_binary(self.binary, bits, candidates=candidates, ef_search=ef_search)
+        return rescore_int8(query, self.codes, rows, ranges=self.ranges, top_k=keep)
 
     def search(self, query: np.ndarray, *, top_k: int, oversample: int, ef_search: int = 64) -> list[Hit]:
         """The ``top_k`` chunks by int8-rescored similarity, best first.
@@ -285,7 +290,8 @@ class FaissIndex:
         Raises:
             ValueError: the query has the wrong dimension.
         """
-        rows, scores = self.candidates(query, top_k=top_k, oversample=oversample, ef_search=ef_search)
+        rows, scores = self.shortlist(query, candidates=top_k * oversample, keep=top_k,
+                                      ef_search=ef_search)
         return [Hit(chunk_id, float(s)) for chunk_id, s in zip(self.ids(rows), scores, strict=True)]
 
     def ids(self, rows: np.ndarray) -> list[str]:
@@ -531,19 +537,27 @@ class FaissAccelerator:
             collection: the collection to search.
             query: the float query embedding, unit length.
             top_k: how many hits.
-            oversample: binary candidates per hit.
-            rescore: ``int8`` (in memory only), or ``float``: the int8 winners are
-                rescored with their ``halfvec`` vectors from Postgres, for exact scores.
+            oversample: binary candidates per hit (``top_k * oversample`` are rescored by int8).
+            rescore: ``int8`` (in memory only), or ``float``: the best ``top_k * float_shortlist``
+                by int8 are rescored with their ``halfvec`` vectors from Postgres, which gives
+                exact scores and recovers what int8 rounding got wrong.
+
+        Raises:
+            NotFoundError: no such collection.
+            ValueError: the query has the wrong dimension.
         """
         index = self.get(collection)
-        hits = index.search(query, top_k=top_k, oversample=oversample, ef_search=self._settings.ef_search)
-        if rescore == "int8" or not hits:
-            return hits
-        vectors = fetch_vectors(self._db, collection_id=index.manifest.collection_id,
-                                chunk_ids=[h.chunk_id for h in hits])
-        present = [h.chunk_id for h in hits if h.chunk_id in vectors]
+        if rescore == "int8":
+            return index.search(query, top_k=top_k, oversample=oversample,
+                                ef_search=self._settings.ef_search)
+        rows, _ = index.shortlist(query, candidates=top_k * oversample,
+                                  keep=top_k * self._settings.float_shortlist,
+                                  ef_search=self._settings.ef_search)
+        ids = index.ids(rows)
+        vectors = fetch_vectors(self._db, collection_id=index.manifest.collection_id, chunk_ids=ids)
+        present = [c for c in ids if c in vectors]  # a chunk deleted since the build is skipped
         if not present:
             return []
-        rows, scores = rescore_float(query, np.stack([vectors[c] for c in present]),
+        best, scores = rescore_float(query, np.stack([vectors[c] for c in present]),
                                      np.arange(len(present)), top_k=top_k)
-        return [Hit(present[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+        return [Hit(present[r], float(s)) for r, s in zip(best, scores, strict=True)]
