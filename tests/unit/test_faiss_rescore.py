@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_index_saves_loads_and_searches(tmp_path: Path) -> None:
     index.save(tmp_path)
     loaded = FaissIndex.load(tmp_path)
     assert loaded is not None and loaded.kind == "flat" and loaded.manifest == index.manifest
-    assert isinstance(loaded.codes, np.memmap) and loaded.all_ids() == ids
+    assert isinstance(loaded.codes.base, mmap.mmap) and loaded.all_ids() == ids
     hits = loaded.search(vectors[7].astype(np.float32), top_k=3, oversample=5)
     assert hits[0].chunk_id == "doc-00007" and hits[0].score == pytest.approx(1.0, abs=1e-2)
     with pytest.raises(ValueError, match="32-d"):
