@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -498,7 +499,8 @@ def main(argv: list[str]) -> None:
     print(f"faiss {faiss.__version__}, default threads {faiss.omp_get_max_threads()}, "
           f"{os.cpu_count()} CPUs; queries {args.queries}; top_k {TOP_K}", flush=True)
     rows: list[Row] = []
-    pg = open_postgres(Path(tempfile.mkdtemp(prefix="verity-bench-pg-"))) if args.pg_sizes else None
+    pg_dir = Path(tempfile.mkdtemp(prefix="verity-bench-pg-"))
+    pg = open_postgres(pg_dir) if args.pg_sizes else None
     for n in sorted(set(args.sizes) | set(args.pg_sizes)):
         corpus = world.sample(n, rng=np.random.default_rng(args.seed + n))
         truth = ground_truth(corpus, queries)
@@ -516,6 +518,7 @@ def main(argv: list[str]) -> None:
         del corpus
     if pg is not None:
         pg.close()
+    shutil.rmtree(pg_dir, ignore_errors=True)
     print("\n" + table(rows) + "\n\n" + ratios(rows, target_recall=0.97))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
