@@ -545,6 +545,37 @@ def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -
                     "wrong, so nothing was evaluated")
 
 
+@app.command()
+@clean_errors
+def reindex(
+    collection: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="rebuild only this collection (default: all)")] = None,
+) -> None:
+    """Rebuild the FAISS accelerator's files from Postgres and print the counts."""
+    import time
+
+    from core.stores.database import Database
+    from core.stores.faiss_index import FaissAccelerator
+    from core.stores.pgvector_store import PgvectorStore
+
+    _logging(logging.WARNING)
+    settings = _settings()
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        names = ([validate_collection_name(collection)] if collection
+                 else [s.name for s in PgvectorStore(db).stats()])
+        if not names:
+            typer.echo("no collections to reindex (run `verity ingest PATH` first)")
+            return
+        accelerator = FaissAccelerator(db, data_dir=settings.data_dir, settings=settings.faiss)
+        for name in names:
+            started = time.perf_counter()
+            index = accelerator.reindex(name)
+            in_postgres = accelerator.manifest(name).chunk_count
+            typer.echo(f"collection {name}: {in_postgres} chunks in Postgres, {len(index)} in FAISS "
+                       f"({index.kind} binary index, {time.perf_counter() - started:.1f} s) "
+                       f"-> {accelerator.directory(name)}")
+
+
 def _asdict(obj: Any) -> dict[str, Any]:
     from dataclasses import asdict
 

@@ -51,3 +51,23 @@ def quantize_int8(embeddings: np.ndarray, *, ranges: np.ndarray) -> np.ndarray:
     return np.asarray(
         quantize_embeddings(embeddings, precision="int8", ranges=ranges), dtype=np.int8
     )
+
+
+def int8_affine(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, offsets)`` such that ``code * steps + offsets`` approximates the float value.
+
+    The inverse of :func:`quantize_int8` with the same ``ranges``: sentence-transformers
+    maps ``x`` to ``floor((x - min) / step) - 128`` with ``step = (max - min) / 255``, so
+    the centre of a code's bucket is ``(code + 128.5) * step + min``. A float query
+    scored against int8 codes is then ``codes @ (query * steps) + query @ offsets``:
+    int8 dot products with a rescaled query, plus one constant per query.
+
+    Raises:
+        ValueError: ``ranges`` is not of shape ``(2, dim)``.
+    """
+    if ranges.ndim != 2 or ranges.shape[0] != 2:
+        raise ValueError(f"ranges must have shape (2, dim), got {ranges.shape}")
+    ranges = ranges.astype(np.float32, copy=False)
+    steps = (ranges[1] - ranges[0]) / 255
+    steps = np.where(steps == 0, 1, steps).astype(np.float32)
+    return steps, (ranges[0] + 128.5 * steps).astype(np.float32)

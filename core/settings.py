@@ -149,6 +149,22 @@ class PiiSettings(BaseModel):
         return self.all or collection in self.collections
 
 
+class FaissSettings(BaseModel):
+    """The in-memory FAISS accelerator: binary candidates, int8 rescoring (see core/stores/faiss_index.py)."""
+
+    hnsw_threshold: int = Field(
+        default=2_000_000, ge=0,
+        description="collections with at least this many chunks get a binary HNSW index; smaller ones "
+                    "a flat (exhaustive Hamming) index",
+    )
+    hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW graph degree")
+    ef_search: int = Field(default=64, ge=1, description="HNSW search breadth; at least the candidates")
+    float_shortlist: int = Field(
+        default=4, ge=1, description="with float rescoring: int8 winners per hit rescored with halfvec",
+    )
+    stream_batch: int = Field(default=5000, ge=100, description="rows per fetch when reading Postgres")
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -193,6 +209,9 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     crag: CragSettings = CragSettings()
     pii: PiiSettings = PiiSettings()
+
+
+    faiss: FaissSettings = FaissSettings()
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
 

@@ -129,6 +129,32 @@ def count_documents(*, visible: sql.Composable) -> sql.Composed:
 def get_document(*, visible: sql.Composable) -> sql.Composed:
     return sql.SQL(_GET_DOCUMENT).format(columns=sql.SQL(_DOCUMENT_COLUMNS), visible=visible)
 
+
+
+# --- The FAISS accelerator (core/stores/faiss_index.py) reads the same tables. ---
+
+# One snapshot for the manifest and the streamed rows, so they describe the same chunks.
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+# What a FAISS index must match: the number of chunks and an order-independent checksum
+# of their ids with their document's content hash. Re-ingesting a changed document keeps
+# its chunk ids (they are derived from the source) but changes the hash, so it shows here.
+FAISS_MANIFEST = """
+SELECT count(*),
+       coalesce(sum(hashtextextended(k.id || ':' || d.content_hash, 0)), 0)::text
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s
+"""
+
+# Read through a server-side cursor, a batch at a time.
+STREAM_EMBEDDINGS = """
+SELECT id, embedding FROM chunks WHERE collection_id = %(collection_id)s
+"""
+
+FETCH_EMBEDDINGS = """
+SELECT id, embedding FROM chunks WHERE collection_id = %(collection_id)s AND id = ANY(%(ids)s)
+"""
+
 _HIT_COLUMNS = """
 k.id, k.document_id, k.ordinal, k.text, k.heading, k.page, k.token_count, d.source, d.title
 """

@@ -35,7 +35,8 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["worker"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["worker"],
+                                     ["reindex"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _run([*command, "--help"], cli_env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
@@ -71,6 +72,36 @@ def test_unreachable_database(tmp_path: Path) -> None:
 def test_invalid_setting(tmp_path: Path) -> None:
     env = cli_env(tmp_path, VERITY_RETRIEVAL__TOP_K="zero")
     _assert_one_line_error(_run(["status"], env, timeout=60), "retrieval.top_k")
+
+
+def test_reindex_rebuilds_faiss_files_from_postgres(tmp_path: Path) -> None:
+    import numpy as np
+
+    from core.settings import StoreSettings
+    from core.stores.database import Database
+    from core.stores.pgvector_store import PgvectorStore
+    from core.types import Chunk, Document, Section
+
+    env = cli_env(tmp_path)
+    assert "no collections to reindex" in _run(["reindex"], env).stdout
+    vectors = np.eye(8, 16, dtype=np.float32)
+    with Database(StoreSettings(), data_dir=tmp_path) as db:
+        store = PgvectorStore(db)
+        for name, n in [("one", 3), ("two", 8)]:
+            store.ensure_collection(name, embed_model="test", embed_dim=16)
+            chunks = [Chunk(id=f"{name}-{i}", document_id=f"{name}-doc", ordinal=i, text=str(i))
+                      for i in range(n)]
+            store.write_document(collection=name, chunks=chunks, embeddings=vectors[:n],
+                                 document=Document(source=f"{name}.md", title=name,
+                                                   content_hash="h", sections=(Section("x"),)))
+    result = _run(["reindex"], env)
+    assert result.returncode == 0, result.stderr
+    assert "collection one: 3 chunks in Postgres, 3 in FAISS" in result.stdout
+    assert "collection two: 8 chunks in Postgres, 8 in FAISS" in result.stdout
+    assert (tmp_path / "faiss" / "default" / "two" / "manifest.json").is_file()
+    only = _run(["reindex", "--collection", "one"], env)
+    assert only.returncode == 0 and "collection two" not in only.stdout
+    _assert_one_line_error(_run(["reindex", "-c", "nope"], env), "'nope' does not exist")
 
 
 def _serve(data_dir: Path, docs: Path, port: int) -> subprocess.Popen[str]:
