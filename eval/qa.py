@@ -84,8 +84,11 @@ def run(
                     answer = answer_fn(example.question)
                     outcome = score(example, config, answer,
                                     (time.perf_counter() - started) * 1000)
-                    out.write(json.dumps(asdict(outcome)) + "\n")
-                    out.flush()
+                    if answer.status != "generation_unavailable":
+                        # An outage is not an answer: keep it out of the cache, so the
+                        # next run asks again instead of scoring the outage forever.
+                        out.write(json.dumps(asdict(outcome)) + "\n")
+                        out.flush()
                     done[example.id] = outcome
                 if progress:
                     progress(config, i, len(dataset.examples))

@@ -76,3 +76,16 @@ def test_squad_adapter_marks_unanswerable_questions() -> None:
     data = load_qa(SHARED / "squad_v2_dev500")
     assert len(data.examples) == 500 and sum(e.unanswerable for e in data.examples) == 258
     assert len(data.corpus) == 411
+
+
+def test_outages_are_not_cached(tmp_path: Path) -> None:
+    data = QADataset("toy", [QAExample("0", "q0", ("a",))], [])
+    statuses = ["generation_unavailable", "answered"]
+
+    def answer(q: str) -> Answer:
+        return _answer("a [1]", status=statuses.pop(0), cited=())
+
+    first = run(data, {"rag": answer}, cache_dir=tmp_path)
+    second = run(data, {"rag": answer}, cache_dir=tmp_path)
+    assert first["rag"][0].status == "generation_unavailable"
+    assert second["rag"][0].status == "answered"
