@@ -11,7 +11,9 @@ from core.embedders import SentenceTransformerEmbedder
 from core.generators import OpenAIChatGenerator
 from core.llama_server import LlamaCppServer
 from core.prompts import PromptLibrary
+from core.protocols import Reranker
 from core.rag import RagPipeline
+from core.rerankers import build_reranker
 from core.settings import Settings
 from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
@@ -30,11 +32,13 @@ class Runtime:
     prompts: PromptLibrary
     generator: OpenAIChatGenerator | None = None
     llm_server: LlamaCppServer | None = None
+    reranker: Reranker | None = None
 
     def rag(self, *, tenant: str = "default") -> RagPipeline:
         store = self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
         return RagPipeline(store=store, embedder=self.embedder, generator=self.generator,
-                           prompts=self.prompts, settings=self.settings.retrieval)
+                           prompts=self.prompts, settings=self.settings.retrieval,
+                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""
@@ -77,5 +81,7 @@ def open_runtime(settings: Settings, *, generator: bool = True) -> Iterator[Runt
         db = stack.enter_context(Database(settings.store, data_dir=settings.data_dir))
         embedder = SentenceTransformerEmbedder(settings.embedder)
         gen, server = start_generator(settings, stack) if generator else (None, None)
+        reranker = build_reranker(settings.rerank, data_dir=settings.data_dir, prompts=prompts,
+                                  llm_base_url=gen.base_url if gen else settings.llm.base_url)
         yield Runtime(settings=settings, db=db, store=PgvectorStore(db), embedder=embedder,
-                      prompts=prompts, generator=gen, llm_server=server)
+                      prompts=prompts, generator=gen, llm_server=server, reranker=reranker)
