@@ -86,6 +86,16 @@ ORDER BY k.embedding <=> %(query)s
 LIMIT %(top_k)s
 """
 
+# A deterministic pseudo-random sample of a collection's chunks: the order is a hash of
+# the chunk id and a seed, so the same seed gives the same sample. Score is always 0.
+SAMPLE_CHUNKS = f"""
+SELECT {_HIT_COLUMNS}, 0.0::float8 AS score
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s
+ORDER BY md5(k.id || %(seed)s), k.id
+LIMIT %(limit)s
+"""
+
 # Hamming distance over the binary codes picks ``candidates`` rows through the
 # collection's HNSW index; the float (halfvec) vectors then rescore them.
 _SEARCH_BINARY_RESCORE = """

@@ -173,6 +173,18 @@ class PgvectorStore:
             }).fetchall()
         return [_scored(row, stage="bm25") for row in rows]
 
+    def sample_chunks(self, *, collection: str, limit: int, seed: str = "") -> list[ScoredChunk]:
+        """Up to ``limit`` chunks in a pseudo-random order fixed by ``seed`` (scores are 0).
+
+        Raises:
+            NotFoundError: the collection does not exist.
+        """
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            rows = conn.execute(q.SAMPLE_CHUNKS, {"collection_id": cid, "seed": seed,
+                                                  "limit": limit}).fetchall()
+        return [_scored(row, stage="sample") for row in rows]
+
     def stats(self) -> list[CollectionStats]:
         with self._db.pool.connection() as conn:
             rows = conn.execute(q.STATS, {"tenant": self.tenant}).fetchall()

@@ -44,7 +44,8 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["tune"],
+                                     ["tune", "reranker"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _run([*command, "--help"], _env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
@@ -80,6 +81,19 @@ def test_unreachable_database(tmp_path: Path) -> None:
 def test_invalid_setting(tmp_path: Path) -> None:
     env = _env(tmp_path, VERITY_RETRIEVAL__TOP_K="zero")
     _assert_one_line_error(_run(["status"], env, timeout=60), "retrieval.top_k")
+
+
+def test_tune_reranker_on_a_missing_collection(tmp_path: Path) -> None:
+    result = _run(["tune", "reranker", "--collection", "nothing-here"], _env(tmp_path), timeout=120)
+    _assert_one_line_error(result, "'nothing-here' does not exist")
+    assert not (tmp_path / "models" / "reranker").exists()
+
+
+def test_cross_encoder_without_a_tuned_model_says_how_to_make_one(tmp_path: Path) -> None:
+    env = _env(tmp_path, VERITY_RERANK__KIND="cross-encoder",
+               VERITY_LLM__BASE_URL="http://127.0.0.1:1/v1")
+    _assert_one_line_error(_run(["serve", "--port", str(free_port())], env, timeout=120),
+                           "verity tune reranker")
 
 
 def _processes_using(data_dir: Path) -> list[psutil.Process]:
