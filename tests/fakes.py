@@ -86,7 +86,7 @@ def judge_app() -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> dict[str, Any]:
         body = await request.json()
-        passage = body["prompt"].split("<passage>")[-1]
+        passage = body["prompt"].split("<passage>")[-1].split("</passage>")[0]
         yes, no = (-0.1, -2.3) if "scurvy" in passage.lower() else (-2.3, -0.1)
         top = {" yes": yes, " no": no}
         return {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
