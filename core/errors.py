@@ -24,6 +24,10 @@ class GenerationError(RagError):
     """The model server failed, timed out or could not be started."""
 
 
+class RerankError(RagError):
+    """The reranker could not be loaded, or its server failed or timed out."""
+
+
 class NotFoundError(RagError):
     """A collection, document or job does not exist (or is not visible to the caller)."""
 

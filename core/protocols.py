@@ -84,6 +84,36 @@ class Store(Protocol):
         ...
 
 
+class Reranker(Protocol):
+    """Re-scores retrieved chunks against the question, jointly rather than one side at a time."""
+
+    name: str
+
+    def warm_up(self) -> None:
+        """Load the model now, so the first question does not wait.
+
+        Raises:
+            ConfigError: the model is missing or cannot be loaded.
+            RerankError: the server that names the model cannot be reached.
+        """
+        ...
+
+    def rerank(self, query: str, hits: Sequence[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
+        """The ``top_k`` best of ``hits`` for ``query``, best first.
+
+        Each returned hit keeps its earlier per-stage ``scores``, gains
+        ``scores["rerank"]`` and takes that as its ``score``. Blocking: async
+        callers run it in a thread pool.
+
+        Raises:
+            ConfigError: as for ``warm_up``, when the model loads on first use.
+            RerankError: the model could not be run, or the server failed, timed
+                out or answered something unreadable; callers may fall back to
+                the order they had.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     text: str

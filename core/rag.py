@@ -6,6 +6,7 @@ harness, so all three answer exactly the same way.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -13,15 +14,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.citations import attribute, best_support, check_citations
-from core.errors import GenerationError
+from core.errors import GenerationError, RerankError
 from core.fusion import fuse
 from core.injection import neutralize
 from core.pii import PiiVault
 from core.prompts import PromptLibrary
-from core.protocols import Embedder, Generation, Generator
+from core.protocols import Embedder, Generation, Generator, Reranker
 from core.settings import PiiSettings, RetrievalSettings
 from core.stores.pgvector_store import PgvectorStore
 from core.types import Answer, Citation, ScoredChunk, SearchFilter
+
+log = logging.getLogger(__name__)
 
 ABSTAIN_TEXT = "The documents don't contain this."
 UNAVAILABLE_TEXT = "Generation is unavailable right now; the closest sources are listed."
@@ -78,6 +81,9 @@ class Prepared:
 class RagPipeline:
     """Answers questions from one tenant's collections.
 
+    With a ``reranker``, retrieval gains a second stage: the first ``rerank_top_n``
+    candidates of the first stage are re-scored and the best ``top_k`` kept.
+
     Example:
         >>> rag = RagPipeline(store=store, embedder=embedder, generator=gen,
         ...                   prompts=PromptLibrary.load(), settings=RetrievalSettings())
@@ -93,6 +99,8 @@ class RagPipeline:
         prompts: PromptLibrary,
         settings: RetrievalSettings,
         pii: PiiSettings | None = None,
+        reranker: Reranker | None = None,
+        rerank_top_n: int = 30,
     ) -> None:
         self.pii = pii or PiiSettings()
         self.store = store
@@ -100,21 +108,39 @@ class RagPipeline:
         self.generator = generator
         self.prompts = prompts
         self.settings = settings
+        self.reranker = reranker
+        self.rerank_top_n = rerank_top_n
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
         timer: Timer | None = None, settings: RetrievalSettings | None = None,
         where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
-        """The chunks most relevant to the question, best first (dense, BM25 or both fused).
+        """The chunks most relevant to the question, best first.
+
+        The first stage is dense, BM25 or both fused; with a reranker, its first
+        ``rerank_top_n`` hits are re-scored and the best ``top_k`` kept (if the
+        reranker fails, the first-stage order is kept and a warning logged).
 
         Every hit carries its per-stage scores in ``scores`` (``dense_float``,
-        ``bm25``, ``rrf`` ...); a hybrid hit found by one retriever only lacks the other's.
+        ``bm25``, ``rrf``, ``rerank`` ...); a hybrid hit found by one retriever only
+        lacks the other's.
         """
         cfg = settings or self.settings
         timer = timer or Timer({})
         k = top_k or cfg.top_k
-        pool = max(k, cfg.candidates) if cfg.mode == "hybrid" else k
+        first = max(k, self.rerank_top_n) if self.reranker else k
+        hits = self._first_stage(question, collection=collection, top_k=first, cfg=cfg,
+                                 timer=timer, where=where)
+        if self.reranker is None:
+            return hits
+        with timer.stage("rerank_ms"):
+            return self._rerank(self.reranker, question, hits, top_k=k)
+
+    def _first_stage(self, question: str, *, collection: str, top_k: int,
+                     cfg: RetrievalSettings, timer: Timer,
+                     where: SearchFilter | None) -> list[ScoredChunk]:
+        pool = max(top_k, cfg.candidates) if cfg.mode == "hybrid" else top_k
         dense: list[ScoredChunk] = []
         lexical: list[ScoredChunk] = []
         if cfg.mode in ("dense", "hybrid"):
@@ -135,7 +161,15 @@ class RagPipeline:
             return lexical
         with timer.stage("fusion_ms"):
             return fuse([dense, lexical], method=cfg.fusion, dense_weight=cfg.dense_weight,
-                        rrf_k=cfg.rrf_k, top_k=k)
+                        rrf_k=cfg.rrf_k, top_k=top_k)
+
+    def _rerank(self, reranker: Reranker, question: str, hits: list[ScoredChunk], *,
+                top_k: int) -> list[ScoredChunk]:
+        try:
+            return reranker.rerank(question, hits[:self.rerank_top_n], top_k=top_k)
+        except RerankError as e:
+            log.warning("reranking failed, keeping the first-stage order: %s", e)
+            return hits[:top_k]
 
     def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str,
                  where: SearchFilter | None = None) -> bool:

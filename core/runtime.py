@@ -12,8 +12,9 @@ from core.embedders import SentenceTransformerEmbedder
 from core.generators import CircuitBreaker, OpenAIChatGenerator
 from core.llama_server import LlamaCppServer
 from core.prompts import PromptLibrary
-from core.protocols import Generator
+from core.protocols import Generator, Reranker
 from core.rag import RagPipeline
+from core.rerankers import build_reranker
 from core.settings import Settings
 from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
@@ -33,6 +34,7 @@ class Runtime:
     generator: Generator | None = None
     llm_server: LlamaCppServer | None = None
     connectors: list[Connector] = field(default_factory=list)
+    reranker: Reranker | None = None
 
     def store_for(self, tenant: str) -> PgvectorStore:
         """The store scoped to one tenant."""
@@ -41,7 +43,8 @@ class Runtime:
     def rag(self, *, tenant: str = "default") -> RagPipeline:
         return RagPipeline(store=self.store_for(tenant), embedder=self.embedder,
                            generator=self.generator, prompts=self.prompts,
-                           settings=self.settings.retrieval)
+                           settings=self.settings.retrieval, pii=self.settings.pii,
+                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""
@@ -85,6 +88,8 @@ def open_runtime(settings: Settings, *, generator: bool = True) -> Iterator[Runt
         db = stack.enter_context(Database(settings.store, data_dir=settings.data_dir))
         embedder = SentenceTransformerEmbedder(settings.embedder)
         gen, server = start_generator(settings, stack) if generator else (None, None)
+        reranker = build_reranker(settings.rerank, data_dir=settings.data_dir, prompts=prompts,
+                                  llm_base_url=gen.base_url if gen else settings.llm.base_url)
         yield Runtime(settings=settings, db=db, store=PgvectorStore(db), embedder=embedder,
                       prompts=prompts, generator=gen, llm_server=server,
-                      connectors=build_connectors(settings.crag.connectors))
+                      connectors=build_connectors(settings.crag.connectors), reranker=reranker)

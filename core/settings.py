@@ -165,6 +165,40 @@ class FaissSettings(BaseModel):
     stream_batch: int = Field(default=5000, ge=100, description="rows per fetch when reading Postgres")
 
 
+RerankKind = Literal["none", "cross-encoder", "remote", "llm-judge"]
+
+
+class RerankSettings(BaseModel):
+    """An optional second stage that re-scores the fused candidates.
+
+    ``kind`` picks the backend: ``cross-encoder`` (sentence-transformers, in
+    process; ``model`` is a Hugging Face id or a local path, by default the model
+    ``verity tune reranker`` saved under ``DATA_DIR/models/reranker``), ``remote``
+    (a vLLM, TEI or Cohere-style ``/rerank`` endpoint at ``url``) or ``llm-judge``
+    (an OpenAI-compatible chat server at ``url``, by default the generator's).
+    """
+
+    kind: RerankKind = "none"
+    model: str | None = Field(
+        default=None,
+        description="cross-encoder: HF id or path (unset = DATA_DIR/models/reranker); "
+                    "remote / llm-judge: model name on the server",
+    )
+    url: str | None = Field(default=None, description="remote: /rerank endpoint; llm-judge: /v1 URL")
+    api_key: SecretStr = SecretStr("none")
+    top_n: int = Field(default=30, ge=1, le=200, description="fused candidates to rerank")
+    batch_size: int = Field(default=16, ge=1, description="pairs per forward pass or request wave")
+    max_length: int = Field(default=256, ge=16, description="cross-encoder tokens per pair")
+    timeout_s: float = Field(default=30.0, gt=0, description="per request to a remote server")
+    device: str | None = Field(default=None, description="cross-encoder: cpu, cuda, ...; unset = auto")
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> RerankSettings:
+        if self.kind == "remote" and not self.url:
+            raise ValueError("rerank.url is required when rerank.kind is 'remote'")
+        return self
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -212,6 +246,9 @@ class Settings(BaseSettings):
 
 
     faiss: FaissSettings = FaissSettings()
+
+
+    rerank: RerankSettings = RerankSettings()
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
 

@@ -40,6 +40,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             else:
                 app.state.runtime = runtime
             await run_in_threadpool(app.state.runtime.embedder.warm_up)
+            if app.state.runtime.reranker is not None:
+                await run_in_threadpool(app.state.runtime.reranker.warm_up)
             yield
 
     app = FastAPI(

@@ -169,6 +169,16 @@ ORDER BY k.embedding <=> %(query)s
 LIMIT %(top_k)s
 """
 
+# A deterministic pseudo-random sample of a collection's chunks: the order is a hash of
+# the chunk id and a seed, so the same seed gives the same sample. Score is always 0.
+SAMPLE_CHUNKS = f"""
+SELECT {_HIT_COLUMNS}, 0.0::float8 AS score
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s
+ORDER BY md5(k.id || %(seed)s), k.id
+LIMIT %(limit)s
+"""
+
 # Hamming distance over the binary codes picks ``candidates`` rows through the
 # collection's HNSW index; the float (halfvec) vectors then rescore them.
 _SEARCH_BINARY_RESCORE = """
@@ -186,23 +196,25 @@ LIMIT %(top_k)s
 
 # Okapi BM25 (Robertson & Zaragoza 2009) with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)).
 # N, the average chunk length and each term's df are taken over the chunks the caller may see.
+# The CTEs are MATERIALIZED: inlined, the planner (misestimating the postings join as one
+# row) re-ran the collection-wide aggregate per matching posting: 30 s a query on SciFact.
 _SEARCH_BM25 = """
-WITH visible AS (
+WITH visible AS MATERIALIZED (
     SELECT k.id, k.term_count FROM chunks k JOIN documents d ON d.id = k.document_id
     WHERE k.collection_id = %(collection_id)s AND {visible}
 ),
-stats AS (
+stats AS MATERIALIZED (
     SELECT count(*)::float8 AS n, greatest(avg(term_count), 1)::float8 AS avgdl FROM visible
 ),
 query AS (
     SELECT * FROM unnest(%(terms)s::text[], %(weights)s::float8[]) AS q(term, qtf)
 ),
-postings AS (
+postings AS MATERIALIZED (
     SELECT t.chunk_id, t.term, t.tf, v.term_count
     FROM chunk_terms t JOIN visible v ON v.id = t.chunk_id
     WHERE t.collection_id = %(collection_id)s AND t.term = ANY(%(terms)s::text[])
 ),
-df AS (
+df AS MATERIALIZED (
     SELECT term, count(*)::float8 AS df FROM postings GROUP BY term
 ),
 scored AS (

@@ -203,6 +203,18 @@ class PgvectorStore:
         return [replace(h, chunk=replace(h.chunk, text=wide.get(h.chunk.id, h.chunk.text)))
                 for h in hits]
 
+    def sample_chunks(self, *, collection: str, limit: int, seed: str = "") -> list[ScoredChunk]:
+        """Up to ``limit`` chunks in a pseudo-random order fixed by ``seed`` (scores are 0).
+
+        Raises:
+            NotFoundError: the collection does not exist.
+        """
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            rows = conn.execute(q.SAMPLE_CHUNKS, {"collection_id": cid, "seed": seed,
+                                                  "limit": limit}).fetchall()
+        return [_scored(row, stage="sample") for row in rows]
+
     def stats(self, *, where: SearchFilter | None = None) -> list[CollectionStats]:
         """The tenant's collections, counting only the documents and chunks ``where`` allows."""
         visible, params = compile_filter(where)

@@ -36,7 +36,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: s
 
 
 @pytest.mark.parametrize("command", [[], ["ingest"], ["serve"], ["ask"], ["status"], ["worker"],
-                                     ["reindex"]])
+                                     ["reindex"], ["tune"], ["tune", "reranker"]])
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _run([*command, "--help"], cli_env(tmp_path), timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
@@ -102,6 +102,21 @@ def test_reindex_rebuilds_faiss_files_from_postgres(tmp_path: Path) -> None:
     only = _run(["reindex", "--collection", "one"], env)
     assert only.returncode == 0 and "collection two" not in only.stdout
     _assert_one_line_error(_run(["reindex", "-c", "nope"], env), "'nope' does not exist")
+
+
+def test_tune_reranker_on_a_missing_collection(tmp_path: Path) -> None:
+    result = _run(["tune", "reranker", "--collection", "nothing-here"], cli_env(tmp_path), timeout=120)
+    _assert_one_line_error(result, "'nothing-here' does not exist")
+    assert not (tmp_path / "models" / "reranker").exists()
+
+
+def test_cross_encoder_without_a_tuned_model_says_how_to_make_one(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, VERITY_RERANK__KIND="cross-encoder",
+               VERITY_LLM__BASE_URL="http://127.0.0.1:1/v1")
+    _assert_one_line_error(_run(["serve", "--port", str(free_port())], env, timeout=120),
+                           "verity tune reranker")
+
+
 
 
 def _serve(data_dir: Path, docs: Path, port: int) -> subprocess.Popen[str]:

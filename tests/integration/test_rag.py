@@ -1,0 +1,95 @@
+"""The rerank stage of ``RagPipeline.retrieve`` over the real store and embedder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from core.embedders import SentenceTransformerEmbedder
+from core.prompts import PromptLibrary
+from core.rag import RagPipeline, Timer
+from core.rerankers import RemoteRerankReranker, apply_scores, rerank_text
+from core.settings import ChunkingSettings, RerankSettings, RetrievalSettings
+from core.stores.pgvector_store import PgvectorStore
+from core.types import Document, ScoredChunk, Section
+from ingest.pipeline import IngestPipeline
+from tests.fakes import overlap, rerank_app
+from tests.helpers import serve_app
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "What did sailors eat to prevent scurvy?"
+NOTES = {
+    "scurvy.md": "Scurvy is a disease caused by a lack of vitamin C. It makes gums bleed.",
+    "diet.md": "Sailors ate ship's biscuit, salted beef and, later, lemons against scurvy.",
+    "navy.md": "The navy issued lemon juice to every sailor from 1795 onwards.",
+    "ports.md": "Ports supplied fresh water, fruit and vegetables to visiting ships.",
+    "knots.md": "Sailors tie bowlines and clove hitches; knots hold the rigging.",
+    "leave.md": "Staff may carry five days of unused leave into the next year.",
+}
+
+
+class ReverseReranker:
+    """A deterministic reranker: the first stage's last candidate becomes the best."""
+
+    name = "reverse"
+
+    def warm_up(self) -> None:
+        pass
+
+    def rerank(self, query: str, hits: Sequence[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
+        return apply_scores(hits, {i: float(i) for i in range(len(hits))}, top_k=top_k)
+
+
+@pytest.fixture(scope="module")
+def notes(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
+    pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
+    docs = [Document(source=s, title=s.removesuffix(".md"), sections=(Section(t),),
+                     content_hash=f"h-{s}") for s, t in NOTES.items()]
+    assert pipeline.ingest_documents(docs, collection="rag-rerank-notes").ok
+    return "rag-rerank-notes"
+
+
+def _pipeline(store: PgvectorStore, embedder: SentenceTransformerEmbedder, reranker: object = None,
+              top_n: int = 4) -> RagPipeline:
+    return RagPipeline(store=store, embedder=embedder, generator=None, prompts=PromptLibrary.load(),
+                       settings=RetrievalSettings(top_k=3), reranker=reranker,  # type: ignore[arg-type]
+                       rerank_top_n=top_n)
+
+
+def test_rerank_stage_reorders_the_fused_candidates(
+    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+) -> None:
+    first = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
+    timer = Timer({})
+    ranked = _pipeline(store, embedder, ReverseReranker(), top_n=4).retrieve(
+        QUESTION, collection=notes, top_k=2, timer=timer)
+    assert [h.chunk.id for h in ranked] == [first[3].chunk.id, first[2].chunk.id]
+    assert ranked[0].scores["rerank"] == 3.0 and "rrf" in ranked[0].scores
+    assert {"embed_ms", "bm25_ms", "fusion_ms", "rerank_ms"} <= set(timer.timings)
+
+
+def test_remote_reranker_in_the_pipeline(
+    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+) -> None:
+    candidates = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=5)
+    with serve_app(rerank_app()) as url:
+        reranker = RemoteRerankReranker(RerankSettings(kind="remote", url=f"{url}/v1"))
+        ranked = _pipeline(store, embedder, reranker, top_n=5).retrieve(
+            QUESTION, collection=notes, top_k=3)
+    expected = sorted(candidates, key=lambda h: -overlap(QUESTION, rerank_text(h)))[:3]
+    assert [h.chunk.id for h in ranked] == [h.chunk.id for h in expected]
+    assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)
+
+
+def test_a_failing_reranker_keeps_the_first_stage_order(
+    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=3)
+    with serve_app(rerank_app()) as url:
+        reranker = RemoteRerankReranker(RerankSettings(kind="remote", url=f"{url}/broken"))
+        ranked = _pipeline(store, embedder, reranker).retrieve(QUESTION, collection=notes)
+    assert [h.chunk.id for h in ranked] == [h.chunk.id for h in first]
+    assert "reranking failed" in caplog.text
