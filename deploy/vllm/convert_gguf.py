@@ -45,10 +45,12 @@ def source_digest(gguf_path: str, gguf: Path) -> str:
     return GGUF_SHA256 if gguf_path == BUNDLED_GGUF else sha256_file(gguf)
 
 
-def is_converted(out: Path, digest: str) -> bool:
-    """Whether ``out`` holds a finished conversion of the GGUF with this digest."""
-    stamp = out / STAMP_NAME
-    return stamp.is_file() and stamp.read_text().strip() == digest and (out / "config.json").is_file()
+def is_converted(out: Path, digest: str, *, dtype: str) -> bool:
+    """Whether ``out`` holds a finished conversion of the GGUF with this digest, in ``dtype``."""
+    stamp, config = out / STAMP_NAME, out / "config.json"
+    if not (stamp.is_file() and config.is_file()) or stamp.read_text().strip() != digest:
+        return False
+    return bool(json.loads(config.read_text()).get("torch_dtype") == dtype)
 
 
 def _import_converters() -> tuple[Any, Any, Any]:
@@ -118,7 +120,7 @@ def convert_once(gguf_path: str, *, data_dir: Path, out: Path, dtype: str = "bfl
     """
     gguf = resolve_gguf(gguf_path, data_dir=data_dir)
     digest = source_digest(gguf_path, gguf)
-    if is_converted(out, digest):
+    if is_converted(out, digest, dtype=dtype):
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if ran:
         print(f"converted {args.gguf} into {out} in {time.monotonic() - started:.1f}s")
     else:
-        print(f"{out} is up to date (stamp {STAMP_NAME} matches the GGUF); nothing to do")
+        print(f"{out} is up to date ({STAMP_NAME} matches the GGUF); nothing to do")
     return 0
 
 
