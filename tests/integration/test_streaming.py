@@ -1,6 +1,5 @@
 """Streaming answers, the OpenAI-compatible API and a model server dying mid-stream."""
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from core.settings import ChunkingSettings, LLMSettings
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import DOCS
+from tests.helpers import sse_events as events
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +36,6 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
     with TestClient(create_app(runtime.settings, runtime=runtime)) as c:
         yield c
 
-
-def events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    event = None
-    for line in lines:
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event:
-            yield event, json.loads(line[6:])
-            event = None
 
 
 def test_query_streams_tokens_then_citations_and_trace(client: TestClient, docs: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import re
 import signal
@@ -40,6 +39,7 @@ from core.stores.pgvector_store import PgvectorStore
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import DOCS, REPO, make_settings
+from tests.helpers import sse_events as events
 
 # The first vLLM test includes the server's start-up, so it gets more than the usual 600 s.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -236,15 +236,6 @@ def _served_by(request: pytest.FixtureRequest, name: str) -> float | None:
     server: VllmServer = request.getfixturevalue("vllm_server")
     return server.requests_served()
 
-
-def events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    event = None
-    for line in lines:
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event:
-            yield event, json.loads(line[6:])
-            event = None
 
 
 def test_query_answers_with_a_citation(client: TestClient, docs: str,
