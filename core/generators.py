@@ -125,6 +125,10 @@ class CircuitBreaker:
         return self.inner.model
 
     @property
+    def base_url(self) -> str:
+        return self.inner.base_url
+
+    @property
     def is_open(self) -> bool:
         with self._lock:
             return self._opened_at is not None and self._clock() - self._opened_at < self._reset_s
