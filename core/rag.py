@@ -15,7 +15,7 @@ from typing import Any
 
 from core.citations import attribute, check_citations
 from core.errors import GenerationError, RerankError
-from core.fusion import fuse
+from core.fusion import fuse, reciprocal_rank_fusion
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator, Reranker
 from core.settings import RetrievalSettings
@@ -52,7 +52,9 @@ class RagPipeline:
     """Answers questions from one tenant's collections.
 
     With a ``reranker``, retrieval gains a second stage: the first ``rerank_top_n``
-    candidates of the first stage are re-scored and the best ``top_k`` kept.
+    candidates of the first stage are re-scored and the best ``top_k`` kept, in the
+    reranker's order (``rerank_fusion="replace"``) or by reciprocal rank fusion of
+    the reranker's and the first stage's orders (``"rrf"``).
 
     Example:
         >>> rag = RagPipeline(store=store, embedder=embedder, generator=gen,
@@ -70,6 +72,7 @@ class RagPipeline:
         settings: RetrievalSettings,
         reranker: Reranker | None = None,
         rerank_top_n: int = 30,
+        rerank_fusion: str = "replace",
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -78,6 +81,7 @@ class RagPipeline:
         self.settings = settings
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
+        self.rerank_fusion = rerank_fusion
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
@@ -102,7 +106,7 @@ class RagPipeline:
         if self.reranker is None:
             return hits
         with timer.stage("rerank_ms"):
-            return self._rerank(self.reranker, question, hits, top_k=k)
+            return self._rerank(self.reranker, question, hits, top_k=k, rrf_k=cfg.rrf_k)
 
     def _first_stage(self, question: str, *, collection: str, top_k: int,
                      cfg: RetrievalSettings, timer: Timer) -> list[ScoredChunk]:
@@ -128,12 +132,17 @@ class RagPipeline:
                         rrf_k=cfg.rrf_k, top_k=top_k)
 
     def _rerank(self, reranker: Reranker, question: str, hits: list[ScoredChunk], *,
-                top_k: int) -> list[ScoredChunk]:
+                top_k: int, rrf_k: int) -> list[ScoredChunk]:
+        candidates = hits[:self.rerank_top_n]
         try:
-            return reranker.rerank(question, hits[:self.rerank_top_n], top_k=top_k)
+            if self.rerank_fusion != "rrf":
+                return reranker.rerank(question, candidates, top_k=top_k)
+            reranked = reranker.rerank(question, candidates, top_k=len(candidates))
         except RerankError as e:
             log.warning("reranking failed, keeping the first-stage order: %s", e)
             return hits[:top_k]
+        return reciprocal_rank_fusion([candidates, reranked], k=rrf_k, top_k=top_k,
+                                      stage="rerank_rrf")
 
     def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str) -> bool:
         """Whether anything relevant was found: the best dense cosine reaches ``min_score``."""

@@ -38,7 +38,8 @@ class Runtime:
         store = self.store if tenant == self.store.tenant else PgvectorStore(self.db, tenant=tenant)
         return RagPipeline(store=store, embedder=self.embedder, generator=self.generator,
                            prompts=self.prompts, settings=self.settings.retrieval,
-                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n)
+                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n,
+                           rerank_fusion=self.settings.rerank.fusion)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""
