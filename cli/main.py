@@ -382,9 +382,11 @@ def tune_reranker(
     collection: CollectionOpt = None,
     max_pairs: Annotated[int, typer.Option(min=16, help="(query, passage) pairs to train on")] = 6000,
     epochs: Annotated[int, typer.Option(min=1, max=20, help="passes over the pairs")] = 1,
-    negatives: Annotated[int, typer.Option(min=1, max=31, help="hard negatives per query")] = 7,
+    negatives: Annotated[int, typer.Option(min=1, max=31, help="hard negatives per query")] = 3,
     loss: Annotated[str, typer.Option(help="listwise (softmax over each group) or bce")] = "listwise",
     heldout: Annotated[int, typer.Option(min=0, help="held-out pseudo-queries for MRR")] = 100,
+    max_length: Annotated[int, typer.Option(
+        min=32, max=512, help="tokens per (query, passage) pair, saved with the model")] = 256,
     out: Annotated[Path | None, typer.Option(
         help="where to save (default: DATA_DIR/models/reranker, which the cross-encoder "
              "reranker loads)")] = None,
@@ -412,7 +414,7 @@ def tune_reranker(
     target = (out or default_reranker_dir(settings.data_dir)).expanduser()
     options = TuneOptions(max_pairs=max_pairs, epochs=epochs, negatives=negatives,
                           loss=loss, heldout=heldout, seed=seed,  # type: ignore[arg-type]
-                          max_length=settings.rerank.max_length,
+                          max_length=max_length,
                           bm25_k1=settings.retrieval.bm25_k1, bm25_b=settings.retrieval.bm25_b)
     with Database(settings.store, data_dir=settings.data_dir) as db:
         store = PgvectorStore(db)

@@ -12,16 +12,20 @@ Fusion = Literal["rrf", "weighted"]
 
 
 def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[ScoredChunk]], *, k: int = 60, top_k: int | None = None
+    rankings: Sequence[Sequence[ScoredChunk]], *, k: int = 60, top_k: int | None = None,
+    stage: str = "rrf",
 ) -> list[ScoredChunk]:
-    """Reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009): sum of 1 / (k + rank)."""
+    """Reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009): sum of 1 / (k + rank).
+
+    The fused score is stored under ``scores[stage]``.
+    """
     fused: dict[str, float] = {}
     best: dict[str, ScoredChunk] = {}
     for ranking in rankings:
         for rank, hit in enumerate(ranking, start=1):
             fused[hit.chunk.id] = fused.get(hit.chunk.id, 0.0) + 1.0 / (k + rank)
             best[hit.chunk.id] = _merge(best.get(hit.chunk.id), hit)
-    return _ranked(best, fused, "rrf", top_k)
+    return _ranked(best, fused, stage, top_k)
 
 
 def weighted_fusion(

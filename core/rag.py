@@ -15,7 +15,7 @@ from typing import Any
 
 from core.citations import attribute, best_support, check_citations
 from core.errors import GenerationError, RerankError
-from core.fusion import fuse
+from core.fusion import fuse, reciprocal_rank_fusion
 from core.injection import neutralize
 from core.pii import PiiVault
 from core.prompts import PromptLibrary
@@ -82,7 +82,9 @@ class RagPipeline:
     """Answers questions from one tenant's collections.
 
     With a ``reranker``, retrieval gains a second stage: the first ``rerank_top_n``
-    candidates of the first stage are re-scored and the best ``top_k`` kept.
+    candidates of the first stage are re-scored and the best ``top_k`` kept, in the
+    reranker's order (``rerank_fusion="replace"``) or by reciprocal rank fusion of
+    the reranker's and the first stage's orders (``"rrf"``).
 
     Example:
         >>> rag = RagPipeline(store=store, embedder=embedder, generator=gen,
@@ -101,6 +103,7 @@ class RagPipeline:
         pii: PiiSettings | None = None,
         reranker: Reranker | None = None,
         rerank_top_n: int = 30,
+        rerank_fusion: str = "replace",
     ) -> None:
         self.pii = pii or PiiSettings()
         self.store = store
@@ -110,6 +113,7 @@ class RagPipeline:
         self.settings = settings
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
+        self.rerank_fusion = rerank_fusion
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
@@ -135,7 +139,7 @@ class RagPipeline:
         if self.reranker is None:
             return hits
         with timer.stage("rerank_ms"):
-            return self._rerank(self.reranker, question, hits, top_k=k)
+            return self._rerank(self.reranker, question, hits, top_k=k, rrf_k=cfg.rrf_k)
 
     def _first_stage(self, question: str, *, collection: str, top_k: int,
                      cfg: RetrievalSettings, timer: Timer,
@@ -164,12 +168,17 @@ class RagPipeline:
                         rrf_k=cfg.rrf_k, top_k=top_k)
 
     def _rerank(self, reranker: Reranker, question: str, hits: list[ScoredChunk], *,
-                top_k: int) -> list[ScoredChunk]:
+                top_k: int, rrf_k: int) -> list[ScoredChunk]:
+        candidates = hits[:self.rerank_top_n]
         try:
-            return reranker.rerank(question, hits[:self.rerank_top_n], top_k=top_k)
+            if self.rerank_fusion != "rrf":
+                return reranker.rerank(question, candidates, top_k=top_k)
+            reranked = reranker.rerank(question, candidates, top_k=len(candidates))
         except RerankError as e:
             log.warning("reranking failed, keeping the first-stage order: %s", e)
             return hits[:top_k]
+        return reciprocal_rank_fusion([candidates, reranked], k=rrf_k, top_k=top_k,
+                                      stage="rerank_rrf")
 
     def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str,
                  where: SearchFilter | None = None) -> bool:

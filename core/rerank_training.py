@@ -290,7 +290,7 @@ def group_loss(model: Any, batch: Sequence[TrainingGroup], *, loss: Loss) -> Any
 
 def train_cross_encoder(
     model: Any, groups: Sequence[TrainingGroup], *, epochs: int = 1, batch_groups: int = 4,
-    learning_rate: float = 3e-5, loss: Loss = "listwise", seed: int = 0,
+    learning_rate: float = 1e-4, loss: Loss = "listwise", seed: int = 0,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``groups``; returns the loss of every step.
@@ -399,9 +399,9 @@ class TuneOptions:
 
     max_pairs: int = 6000
     epochs: int = 1
-    negatives: int = 7
+    negatives: int = 3
     batch_groups: int = 4
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     loss: Loss = "listwise"
     max_length: int = 256
     heldout: int = 100

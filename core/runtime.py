@@ -44,7 +44,8 @@ class Runtime:
         return RagPipeline(store=self.store_for(tenant), embedder=self.embedder,
                            generator=self.generator, prompts=self.prompts,
                            settings=self.settings.retrieval, pii=self.settings.pii,
-                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n)
+                           reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n,
+                           rerank_fusion=self.settings.rerank.fusion)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""

@@ -187,8 +187,14 @@ class RerankSettings(BaseModel):
     url: str | None = Field(default=None, description="remote: /rerank endpoint; llm-judge: /v1 URL")
     api_key: SecretStr = SecretStr("none")
     top_n: int = Field(default=30, ge=1, le=200, description="fused candidates to rerank")
+    fusion: Literal["replace", "rrf"] = Field(
+        default="replace",
+        description="replace: keep the reranker's order; rrf: reciprocal rank fusion of the "
+                    "reranker's and the first stage's orders",
+    )
     batch_size: int = Field(default=16, ge=1, description="pairs per forward pass or request wave")
-    max_length: int = Field(default=256, ge=16, description="cross-encoder tokens per pair")
+    max_length: int | None = Field(
+        default=None, ge=16, description="cross-encoder tokens per pair; unset = the model's own")
     timeout_s: float = Field(default=30.0, gt=0, description="per request to a remote server")
     device: str | None = Field(default=None, description="cross-encoder: cpu, cuda, ...; unset = auto")
 

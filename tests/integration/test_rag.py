@@ -30,16 +30,18 @@ NOTES = {
 }
 
 
-class ReverseReranker:
-    """A deterministic reranker: the first stage's last candidate becomes the best."""
+class LastFirstReranker:
+    """The first stage's last candidate becomes the best; the others keep their order."""
 
-    name = "reverse"
+    name = "last-first"
 
     def warm_up(self) -> None:
         pass
 
     def rerank(self, query: str, hits: Sequence[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
-        return apply_scores(hits, {i: float(i) for i in range(len(hits))}, top_k=top_k)
+        n = len(hits)
+        return apply_scores(hits, {i: float(n if i == n - 1 else n - 1 - i) for i in range(n)},
+                            top_k=top_k)
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +54,34 @@ def notes(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
 
 
 def _pipeline(store: PgvectorStore, embedder: SentenceTransformerEmbedder, reranker: object = None,
-              top_n: int = 4) -> RagPipeline:
+              top_n: int = 4, fusion: str = "replace") -> RagPipeline:
     return RagPipeline(store=store, embedder=embedder, generator=None, prompts=PromptLibrary.load(),
                        settings=RetrievalSettings(top_k=3), reranker=reranker,  # type: ignore[arg-type]
-                       rerank_top_n=top_n)
+                       rerank_top_n=top_n, rerank_fusion=fusion)
 
 
 def test_rerank_stage_reorders_the_fused_candidates(
     store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
 ) -> None:
-    first = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
+    a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
     timer = Timer({})
-    ranked = _pipeline(store, embedder, ReverseReranker(), top_n=4).retrieve(
+    ranked = _pipeline(store, embedder, LastFirstReranker(), top_n=4).retrieve(
         QUESTION, collection=notes, top_k=2, timer=timer)
-    assert [h.chunk.id for h in ranked] == [first[3].chunk.id, first[2].chunk.id]
-    assert ranked[0].scores["rerank"] == 3.0 and "rrf" in ranked[0].scores
+    assert [h.chunk.id for h in ranked] == [d.chunk.id, a.chunk.id]
+    assert ranked[0].scores["rerank"] == 4.0 and "rrf" in ranked[0].scores
     assert {"embed_ms", "bm25_ms", "fusion_ms", "rerank_ms"} <= set(timer.timings)
+
+
+def test_rrf_rerank_fusion_blends_the_two_orders(
+    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+) -> None:
+    a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
+    ranked = _pipeline(store, embedder, LastFirstReranker(), top_n=4, fusion="rrf").retrieve(
+        QUESTION, collection=notes, top_k=3)
+    # Reranked d, a, b, c fused with a, b, c, d: a (1st + 2nd) beats d (4th + 1st) beats b.
+    assert [h.chunk.id for h in ranked] == [a.chunk.id, d.chunk.id, b.chunk.id]
+    assert ranked[0].score == pytest.approx(1 / 61 + 1 / 62)
+    assert ranked[0].scores["rerank_rrf"] == ranked[0].score and "rerank" in ranked[0].scores
 
 
 def test_remote_reranker_in_the_pipeline(
