@@ -35,10 +35,27 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+# What question() needs, stated in the schema so that clients (and fuzzers) can see it: at least
+# one user message with some non-blank text, as a string or as a text part. Requests without one
+# get 400.
+_NOT_BLANK = {"type": "string", "pattern": r"\S"}
+_USER_TEXT: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"const": "user"},
+        "content": {"anyOf": [_NOT_BLANK, {"type": "array", "contains": {
+            "type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": _NOT_BLANK}}}]},
+    },
+}
+
+
 class ChatCompletionRequest(BaseModel):
     model: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                        description="the collection to answer from")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=100)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=100,
+                                        json_schema_extra={"contains": _USER_TEXT})
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0, le=2, description="ignored")
     max_tokens: int | None = Field(default=None, ge=1, description="ignored")

@@ -215,9 +215,21 @@ def test_tenants_never_see_each_others_documents_jobs_or_collections(
     [doc] = client.get("/v1/documents", headers=_auth(acme.admin),
                        params={"collection": collection}).json()["documents"]
 
+    asks = [("/v1/search", {"query": "espresso machine", "collection": collection}),
+            ("/v1/query", {"question": "When is the espresso machine descaled?",
+                           "collection": collection}),
+            ("/v1/chat/completions", {"model": collection, "messages": [
+                {"role": "user", "content": "When is the espresso machine descaled?"}]})]
+    found = client.post(asks[0][0], json=asks[0][1], headers=_auth(acme.eng)).json()["results"]
+    assert [h["document"] for h in found] == ["espresso.md"]
     for key in (globex.admin, globex.eng):
         assert client.get("/v1/documents", headers=_auth(key),
                           params={"collection": collection}).status_code == 404
+        for path, body in asks:  # searching, asking and chatting: as if it did not exist
+            r = client.post(path, json=body, headers=_auth(key))
+            assert r.status_code == 404 and r.json()["error"]["type"] == "not_found", (path, r.text)
+        models = client.get("/v1/models", headers=_auth(key)).json()["data"]
+        assert collection not in {m["id"] for m in models}
         names = [c["name"] for c in client.get("/v1/collections", headers=_auth(key)).json()[
             "collections"]]
         assert collection not in names

@@ -1,9 +1,12 @@
-"""Schemathesis fuzzes every operation of our OpenAPI schema that does not call the model.
+"""Schemathesis fuzzes every operation of our OpenAPI schema.
 
 Each case goes through the in-process app over real backends with a valid key;
 no response may be a 5xx or break the schema it declares, and what the schema
 admits must be accepted. Bounded for CI on two cores: 100 examples per
-operation and a generous per-request deadline.
+operation and a generous per-request deadline. The operations that generate
+(``/v1/query``, ``/v1/chat/completions``) would take seconds per case with the
+model, so they are fuzzed against a model server that is down: validation,
+retrieval and the degraded answer, plain and streamed, all run for real.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from core.auth import ApiKeys
+from core.generators import OpenAIChatGenerator
+from core.llama_server import free_port
 from core.runtime import Runtime
-from core.settings import ChunkingSettings
+from core.settings import ChunkingSettings, LLMSettings
 from core.stores.pgvector_store import PgvectorStore
 from core.types import Document, Section
 from ingest.pipeline import IngestPipeline
@@ -72,6 +77,28 @@ schema = schemathesis.openapi.from_dict(SPEC).exclude(path=LLM_PATHS)
 @settings(max_examples=100, deadline=timedelta(seconds=10), suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case: Any, app: FastAPI, fuzz_key: str) -> None:
     case.call_and_validate(app=app, base_url=BASE_URL,
+                           headers={"Authorization": f"Bearer {fuzz_key}"})
+
+
+@pytest.fixture(scope="module")
+def app_without_model(runtime: Runtime) -> FastAPI:
+    """The app as above, but its model server is down (nothing listens on the port)."""
+    dead = OpenAIChatGenerator(LLMSettings(model="down", timeout_s=5),
+                               base_url=f"http://127.0.0.1:{free_port()}/v1")
+    server = runtime.settings.server.model_copy(update={"auth": True, "rate_limit_per_minute": 0})
+    settings_ = runtime.settings.model_copy(update={"server": server})
+    return create_app(settings_, runtime=replace(runtime, settings=settings_, generator=dead))
+
+
+generating = schemathesis.openapi.from_dict(SPEC).include(path=LLM_PATHS)
+
+
+@pytest.mark.timeout(300)
+@generating.parametrize()
+@settings(max_examples=50, deadline=timedelta(seconds=10), suppress_health_check=list(HealthCheck))
+def test_generating_operations_conform_with_the_model_down(case: Any, app_without_model: FastAPI,
+                                                           fuzz_key: str) -> None:
+    case.call_and_validate(app=app_without_model, base_url=BASE_URL,
                            headers={"Authorization": f"Bearer {fuzz_key}"})
 
 
