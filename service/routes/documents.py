@@ -49,13 +49,17 @@ def get_job(job_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> JobRes
     return documents.job_status(runtime, principal, job_id)
 
 
+MAX_OFFSET = 2**63 - 1
+
+
 @router.get("/v1/documents", response_model=DocumentList, responses=_ERRORS)
 def list_documents(
     runtime: RuntimeDep,
     principal: PrincipalDep,
     collection: CollectionQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # PostgreSQL's OFFSET is a bigint: larger values would fail in the database (500), not here.
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DocumentList:
     """The documents of a collection the caller may see, by source, a page at a time."""
     return documents.list_documents(runtime, principal,

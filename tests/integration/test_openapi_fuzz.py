@@ -137,3 +137,10 @@ def test_filters_postgres_cannot_hold_are_422_not_500(client: TestClient, filter
     r = client.post("/v1/search", content=b'{"query": "x", "filters": ' + filters + b"}",
                     headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request", r.text
+
+
+def test_document_offsets_past_a_bigint_are_422_not_500(client: TestClient) -> None:
+    last = client.get("/v1/documents", params={"offset": 2**63 - 1})
+    assert last.status_code == 200 and last.json()["documents"] == [], last.text
+    r = client.get("/v1/documents", params={"offset": 2**63})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request", r.text
