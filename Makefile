@@ -34,7 +34,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint clean vllm-env vllm-model
+.PHONY: install run test lint clean vllm-env vllm-model chromium
 
 install: $(STAMP)
 
@@ -84,8 +84,16 @@ lint: install
 
 # The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR);
 # TEST_VLLM_REQUIRED makes them fail, not skip, if either is missing.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
+
+# Headless Chromium, for the test that renders the evaluation's HTML reports. CI runs as root
+# on Debian and gets it from apt; where it is present this does nothing, and where it cannot
+# be installed the test skips and says why.
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the HTML report tests will skip"
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
