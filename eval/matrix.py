@@ -118,8 +118,11 @@ def load_matrix(path: Path) -> list[EvalConfig]:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
+            message = first.get("msg")
+            if first.get("type") == "extra_forbidden":
+                message = f"unknown key; the keys are {', '.join(EvalConfig.model_fields)}"
             raise MatrixError(f"matrix {path}, entry {i} ({entry.get('name', '?')}): {where}: "
-                              f"{first.get('msg')}") from None
+                              f"{message}") from None
         if not _NAME.match(config.name):
             raise MatrixError(f"matrix {path}, entry {i}: bad name {config.name!r}; use letters, "
                               "digits and _ . + - (up to 64)")

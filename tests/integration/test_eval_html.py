@@ -19,7 +19,8 @@ import pytest
 
 from core.types import Answer, Citation
 from eval.datasets import load_beir
-from eval.qa import score, write_reports as write_qa_reports
+from eval.qa import score
+from eval.qa import write_reports as write_qa_reports
 from eval.qa_datasets import QADataset, QAExample
 from eval.report import provenance, write_reports
 from eval.retrieval import evaluate_retrieval
