@@ -243,6 +243,13 @@ def _provenance_lines(result: RetrievalResult, info: Provenance) -> list[str]:
     ]
     if info.command:
         rows.append(("command", f"`{info.command}`"))
+    if info.models:
+        rows.append(("models", ", ".join(f"{k}: {v}" for k, v in info.models.items())))
+    if info.configuration:
+        rows.append(("configuration", f"`{json.dumps(info.configuration, sort_keys=True)}`"))
+    if info.prompt_hashes:
+        rows.append(("prompt sha256", ", ".join(f"{k} `{v[:12]}`"
+                                                for k, v in sorted(info.prompt_hashes.items()))))
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
 

@@ -103,7 +103,7 @@ def test_reports_carry_provenance_and_label_published_numbers(store: ListStore, 
     markdown = md_path.read_text()
     for needle in [data.sha256, "dense-float32", "dense-binary-rescore", "word-counts",
                    "BM25 (BEIR) on scifact: ndcg@10 = 0.665 (published", "not measured",
-                   "verity eval retrieval ..."]:
+                   "verity eval retrieval ...", "faithfulness_judge `"]:
         assert needle in markdown
     report = json.loads(json_path.read_text())
     assert report["provenance"]["dataset_sha256"] == data.sha256
