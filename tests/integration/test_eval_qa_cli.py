@@ -39,6 +39,9 @@ def test_matrix_run_with_judge_resumes_and_compares(tmp_path: Path) -> None:
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX)
     env = _env(tmp_path / "data")
+    # Patient with a loaded machine (an answer that times out is not cached and the cache check
+    # below would fail), and short answers to keep the run short.
+    env.update(VERITY_LLM__TIMEOUT_S="900", VERITY_LLM__MAX_TOKENS="64")
     args = [sys.executable, "-m", "cli", "eval", "qa", "--dataset", str(dataset), "--matrix",
             str(matrix), "--limit", "1", "--out", str(tmp_path / "run1"),
             "--fail-if", "citation_validity < 0"]
