@@ -180,7 +180,8 @@ def _qa_tables(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
     configs = {c: per_question([outcome_from_json(o) for o in outs])
                for c, outs in data.get("outcomes", {}).items()}
-    summary = {c: {k: v for k, v in s.items() if isinstance(v, int | float)}
+    summary = {c: {k: float("nan") if v is None else v for k, v in s.items()
+                   if v is None or isinstance(v, int | float)}
                for c, s in data.get("summary", {}).items()}
     return configs, summary
 

@@ -76,7 +76,9 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
         return _e(value)
     if isinstance(value, int | float):
         if isinstance(value, float) and math.isnan(value):

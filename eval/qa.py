@@ -354,6 +354,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finite(value: Any) -> Any:
+    """NaN (a metric with nothing to average) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _md_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
@@ -385,6 +396,6 @@ def write_reports(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
     if baseline:
         report["baseline_comparison"] = dict(baseline)
     md.write_text(render_markdown(report), encoding="utf-8")
-    js.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(_finite(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_html(report, out_dir / f"qa-{dataset.name}.html")
     return md, js

@@ -296,4 +296,6 @@ def test_outcomes_round_trip_through_the_report(tmp_path: Path) -> None:
                              for k in ("cited", "gold", "sources", "context_relevant", "supported")}})
     assert restored.contains == 1.0 and restored.sources[0]["document"] == "paris.txt"
     assert data["kind"] == "qa" and data["ci95"]["rag"]["accuracy"][0] <= 0.5
+    assert data["summary"]["rag"]["abstain_precision"] is None  # no abstention: null, not NaN
+    assert "NaN" not in report.read_text()
     assert report.with_suffix(".html").is_file()
