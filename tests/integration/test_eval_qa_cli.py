@@ -33,6 +33,7 @@ MATRIX = """configs:
 """
 
 
+@pytest.mark.timeout(2400)  # four answers, judgments and CRAG's rewrite on the local model
 def test_matrix_run_with_judge_resumes_and_compares(tmp_path: Path) -> None:
     dataset = tmp_path / "tiny.jsonl"
     dataset.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
