@@ -299,3 +299,25 @@ def test_outcomes_round_trip_through_the_report(tmp_path: Path) -> None:
     assert data["summary"]["rag"]["abstain_precision"] is None  # no abstention: null, not NaN
     assert "NaN" not in report.read_text()
     assert report.with_suffix(".html").is_file()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["retrieval", "--url", "http://127.0.0.1:9", "--modes", "dense-float32"],
+     "with --url, mode must be one of dense, bm25, hybrid"),
+    (["retrieval", "--url", "http://127.0.0.1:9", "--depth", "100"], "at most 50 hits"),
+    (["retrieval", "--modes", "dense-float32", "--matrix", "MATRIX"], "not both"),
+    (["retrieval", "--fail-if", "ndcg@10 <> 1"], "cannot parse gate"),
+    (["qa", "--configs", "rag,hyde"], "use --matrix FILE"),
+    (["qa", "--judge", "gpt"], "--judge must be local, none or an http(s) URL"),
+])
+def test_eval_commands_refuse_bad_setups_before_any_work(tmp_path: Path, args: list[str],
+                                                         needle: str) -> None:
+    (tmp_path / "m.yaml").write_text("configs:\n  - name: a\n    mode: dense-float32\n")
+    common = ["--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    if args[0] == "retrieval":
+        common += ["--collection", "c"]
+    args = [str(tmp_path / "m.yaml") if a == "MATRIX" else a for a in args]
+    result = CliRunner().invoke(app, ["eval", *args, *common], env={"VERITY_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert not (tmp_path / "out").exists()
