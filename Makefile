@@ -41,7 +41,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint clean vllm-env vllm-model
+.PHONY: install run test lint clean vllm-env vllm-model chromium chromium
 
 install: $(STAMP)
 
@@ -102,8 +102,16 @@ lint: install
 # The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR).
 # TEST_VLLM_REQUIRED and TEST_COMPOSE_REQUIRED make the vLLM and `docker compose config` tests
 # fail, not skip, when vLLM or the Compose binary is missing.
-test: lint vllm-env vllm-model
+test: lint vllm-env vllm-model chromium
 	TEST_VLLM_REQUIRED=1 TEST_COMPOSE_REQUIRED=1 $(BIN)/python -m pytest
+
+# Headless Chromium, for the test that renders the evaluation's HTML reports. CI runs as root
+# on Debian and gets it from apt; where it is present this does nothing, and where it cannot
+# be installed the test skips and says why.
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the HTML report tests will skip"
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -543,61 +543,239 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 
+FailIfOpt = Annotated[list[str] | None, typer.Option(
+    "--fail-if", help="exit 1 when this holds, e.g. 'ndcg@10 < 0.70', 'crag:accuracy < 0.4' or, "
+                      "against --baseline, 'delta(f1) < -0.02'; repeatable")]
+BaselineOpt = Annotated[Path | None, typer.Option(
+    help="an earlier run's report JSON (or its folder): print and record what changed, with "
+         "paired bootstrap intervals")]
+MatrixOpt = Annotated[Path | None, typer.Option(
+    help="YAML file of configurations to run side by side (see docs/evaluation.md)")]
+UrlOpt = Annotated[str | None, typer.Option(
+    help="evaluate a running service at this URL (/v1/search, /v1/query) instead of in process")]
+ApiKeyOpt = Annotated[str | None, typer.Option(help="API key for --url")]
+
+
 @eval_app.command("retrieval")
 @clean_errors
 def eval_retrieval(
     dataset: Annotated[Path, typer.Option(help="BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                                                "qrels/)")],
-    collection: Annotated[str, typer.Option(help="collection to ingest the corpus into")],
-    out: Annotated[Path, typer.Option(help="folder for retrieval.md and retrieval.json")],
-    modes: Annotated[str, typer.Option(help="comma-separated: dense-float32, dense-binary-rescore")]
-        = "dense-float32,dense-binary-rescore",
+    collection: Annotated[str, typer.Option(help="collection to ingest the corpus into (with "
+                                                 "--url: the service's collection holding it)")],
+    out: Annotated[Path, typer.Option(help="folder for retrieval.md, .json and .html")],
+    modes: Annotated[str | None, typer.Option(
+        help="comma-separated: dense-float32, dense-binary-rescore (default both); with --url: "
+             "dense, bm25, hybrid (default all three)")] = None,
     limit_queries: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N "
                                                                   "judged queries")] = None,
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
-    depth: Annotated[int, typer.Option(min=1, help="chunks retrieved per query")] = 250,
+    depth: Annotated[int, typer.Option(min=1, help="chunks retrieved per query (with --url: "
+                                                   "top_k, at most 50)")] = 250,
     oversample: Annotated[int, typer.Option(min=1, help="binary candidates = depth x this")] = 4,
+    matrix: MatrixOpt = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    fail_if: FailIfOpt = None,
+    baseline: BaselineOpt = None,
 ) -> None:
     """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports."""
     from eval.datasets import load_beir
     from eval.report import provenance, write_reports
-    from eval.retrieval import check_setup, parse_modes
 
     _logging(logging.WARNING)
     settings = _settings()
     try:
+        gates = _gates(fail_if)
         name = validate_collection_name(collection)
-        mode_list = parse_modes(modes)
-        check_setup(mode_list, depth=depth, oversample=oversample)
+        configs = _retrieval_configs(modes, matrix, remote=url is not None, depth=depth,
+                                     oversample=oversample)
     except ValueError as e:
         raise _fail(str(e)) from None
     data = load_beir(dataset, split=split).limited(limit_queries)
-    result = _ingest_and_evaluate(settings, data, name, mode_list, depth=depth,
-                                  oversample=oversample)
+    if url:
+        result = _remote_retrieval(url, api_key, data, name, configs, depth=depth)
+        models = {"target": url}
+    else:
+        result = _ingest_and_evaluate(settings, data, name, configs, depth=depth,
+                                      oversample=oversample)
+        models = {"embedder": result.model}
     command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
-    markdown, report = write_reports(result, provenance(data, command=command), out)
+    setup = {"configs": {c.name: c.changes() for c in configs}, "depth": depth,
+             "oversample": oversample, "chunking": settings.chunking.model_dump()}
+    markdown, report = write_reports(result, provenance(data, command=command, models=models,
+                                                        configuration=setup), out, data)
     for m in result.modes:
         typer.echo(f"{m.mode}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
                    + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms")
-    typer.echo(f"reports: {markdown} {report}")
+    typer.echo(f"reports: {markdown} {report} {report.with_suffix('.html')}")
+    _finish_run(report, baseline=baseline, gates=gates)
 
 
-def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str, modes: list[str],
+def _gates(texts: list[str] | None) -> list[Any]:
+    from eval.compare import parse_gates
+
+    return parse_gates(texts or [])
+
+
+def _retrieval_configs(modes: str | None, matrix: Path | None, *, remote: bool, depth: int,
+                       oversample: int) -> list[Any]:
+    """The configurations of a retrieval run, checked before anything is ingested or searched."""
+    from eval.matrix import EvalConfig, load_matrix
+    from eval.remote import MAX_TOP_K, SERVICE_MODES
+    from eval.retrieval import check_setup, parse_modes
+
+    if matrix is not None and modes is not None:
+        raise ValueError("use --modes or --matrix, not both")
+    if matrix is not None:
+        configs = load_matrix(matrix)
+    elif remote:
+        names = [m.strip() for m in (modes or ",".join(SERVICE_MODES)).split(",") if m.strip()]
+        configs = [EvalConfig(name=m, mode=m) for m in dict.fromkeys(names)]
+    else:
+        configs = [EvalConfig(name=m, mode=m)
+                   for m in parse_modes(modes or "dense-float32,dense-binary-rescore")]
+    for c in configs:
+        if remote:
+            if c.mode not in SERVICE_MODES:
+                raise ValueError(f"{c.name}: with --url, mode must be one of {', '.join(SERVICE_MODES)}")
+            if (c.top_k or c.depth or depth) > MAX_TOP_K:
+                raise ValueError(f"{c.name}: /v1/search returns at most {MAX_TOP_K} hits; pass "
+                                 f"--depth {MAX_TOP_K} or less")
+            if c.chunk_tokens or c.rerank or c.crag:
+                raise ValueError(f"{c.name}: with --url only mode and top_k/depth can vary; the "
+                                 "service's own settings decide the rest")
+        else:
+            if c.mode is None:
+                raise ValueError(f"{c.name}: a retrieval configuration needs a mode")
+            check_setup([c.mode], depth=c.depth or depth, oversample=c.oversample or oversample)
+    return configs
+
+
+def _remote_retrieval(url: str, api_key: str | None, data: BeirDataset, collection: str,
+                      configs: list[Any], *, depth: int) -> RetrievalResult:
+    from tqdm import tqdm
+
+    from eval.remote import ServiceClient, evaluate_remote_retrieval
+
+    total = len(data.qrels) * len(configs)
+    with ServiceClient(url, api_key=api_key) as client, \
+            tqdm(desc="search", unit="q", total=total, file=sys.stderr,
+                 disable=not sys.stderr.isatty()) as bar:
+        return evaluate_remote_retrieval(
+            client, queries=data.queries, qrels=data.qrels, collection=collection,
+            configs=[(c.name, c.mode, c.top_k or c.depth or min(depth, 50)) for c in configs],
+            metrics=_retrieval_metrics(), progress=bar.update)
+
+
+def _retrieval_metrics() -> tuple[str, ...]:
+    from eval.retrieval import METRICS
+
+    return tuple(METRICS) if "map" in METRICS else (*METRICS, "map")
+
+
+def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str, configs: list[Any],
                          *, depth: int, oversample: int) -> RetrievalResult:
+    """Ingest once per chunk size, then search each group of configurations that share a setup."""
+    from dataclasses import replace
+
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
-    from eval.retrieval import evaluate_retrieval
+    from eval.retrieval import RetrievalResult, evaluate_retrieval
     from ingest.pipeline import IngestPipeline
 
+    groups: dict[tuple[int | None, int, int], list[Any]] = {}
+    for c in configs:
+        groups.setdefault((c.chunk_tokens, c.depth or depth, c.oversample or oversample), []).append(c)
     with Database(settings.store, data_dir=settings.data_dir) as db:
         store = PgvectorStore(db)
         embedder = SentenceTransformerEmbedder(settings.embedder)
-        pipeline = IngestPipeline(store=store, embedder=embedder, chunking=settings.chunking)
-        _ingest_beir(pipeline, data, collection)
-        return evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
-                                  qrels=data.qrels, collection=collection, modes=modes,
-                                  depth=depth, oversample=oversample)
+        modes, embed_ms, ingested = {}, {}, set()
+        for (chunk_tokens, group_depth, group_oversample), group in groups.items():
+            name = collection if chunk_tokens is None else f"{collection}-c{chunk_tokens}"
+            if name not in ingested:
+                chunking = settings.chunking if chunk_tokens is None else \
+                    settings.chunking.model_copy(update={"chunk_tokens": chunk_tokens})
+                pipeline = IngestPipeline(store=store, embedder=embedder, chunking=chunking)
+                _ingest_beir(pipeline, data, name)
+                ingested.add(name)
+            batches = [group] if len({c.mode for c in group}) == len(group) else [[c] for c in group]
+            for batch in batches:
+                result = evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
+                                            qrels=data.qrels, collection=name,
+                                            modes=[c.mode for c in batch], depth=group_depth,
+                                            oversample=group_oversample, metrics=_retrieval_metrics())
+                embed_ms = embed_ms or result.embed_ms
+                for c, mode in zip(batch, result.modes, strict=True):
+                    modes[c.name] = replace(mode, mode=c.name)
+        return RetrievalResult(collection=collection, model=embedder.name, depth=depth,
+                               oversample=oversample, embed_ms=embed_ms,
+                               modes=[modes[c.name] for c in configs])
+
+
+def _finish_run(report: Path, *, baseline: Path | None, gates: list[Any]) -> None:
+    """Compare with the baseline (printed and recorded), then apply the gates."""
+    from eval.compare import attach_baseline, load_run
+
+    rows = None
+    if baseline is not None:
+        rows, markdown = attach_baseline(report, baseline)
+        typer.echo(f"against baseline {baseline} (B − A, 95% paired bootstrap interval):")
+        _print_rows(rows)
+        typer.echo(f"comparison: {markdown}")
+    _apply_gates(gates, load_run(report).summary, rows)
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        typer.echo(f"  {r['config']} {r['metric']}: {r['a']:.4f} -> {r['b']:.4f}, {r['diff']:+.4f} "
+                   f"[{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}]"
+                   + ("  significant" if r["significant"] else ""))
+
+
+def _apply_gates(gates: list[Any], summary: dict[str, Any], rows: list[dict[str, Any]] | None) -> None:
+    from eval.compare import GateError, check_gates
+
+    try:
+        failures = check_gates(gates, summary, rows)
+    except GateError as e:
+        raise _fail(str(e)) from None
+    for failure in failures:
+        typer.echo(f"gate failed: {failure}", err=True)
+    if failures:
+        raise typer.Exit(EXIT_FAILED)
+    if gates:
+        typer.echo(f"gates passed: {len(gates)}")
+
+
+@eval_app.command("compare")
+@clean_errors
+def eval_compare(
+    run_a: Annotated[Path, typer.Argument(help="the earlier run: report JSON or its folder")],
+    run_b: Annotated[Path, typer.Argument(help="the later run: report JSON or its folder")],
+    out: Annotated[Path | None, typer.Option(help="also write the comparison as Markdown here")]
+        = None,
+    fail_if: FailIfOpt = None,
+) -> None:
+    """What changed from RUN_A to RUN_B, per metric, with paired bootstrap intervals and significance.
+
+    Gates name RUN_B's numbers ('ndcg@10 < 0.70') or the change ('delta(ndcg@10) < -0.02',
+    'delta_high(accuracy) < 0' = a significant drop).
+    """
+    from eval.compare import compare_runs, load_run, render_comparison
+
+    try:
+        gates = _gates(fail_if)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    a, b = load_run(run_a), load_run(run_b)
+    rows = compare_runs(a, b)
+    text = render_comparison(a, b, rows)
+    typer.echo(text, nl=False)
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+    _apply_gates(gates, b.summary, rows)
 
 
 def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -> None:
@@ -664,83 +842,231 @@ def main() -> None:  # pragma: no cover
 @eval_app.command("qa")
 @clean_errors
 def eval_qa(
-    dataset: Annotated[Path, typer.Option(help="QA JSONL, a popqa_crag folder or a squad_v2 folder")],
+    dataset: Annotated[Path, typer.Option(help="QA JSONL, or a popqa_crag, squad_v2 or rgb folder "
+                                               "(or an RGB zh_*.json file)")],
     out: Annotated[Path, typer.Option(help="folder for reports and the per-question cache")],
-    configs: Annotated[str, typer.Option(
+    configs: Annotated[str | None, typer.Option(
         help="comma-separated: rag, crag, crag+replay (CRAG with the dataset's recorded "
-             "web results)")] = "rag,crag",
+             "web results); default rag,crag")] = None,
+    matrix: MatrixOpt = None,
     collection: Annotated[str | None, typer.Option(
         help="collection for the dataset's passages (default: qa-<dataset>)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    judge: Annotated[str, typer.Option(
+        help="faithfulness judge: local (the generator; with --url the bundled model), none, or "
+             "the /v1 URL of an OpenAI-compatible server")] = "local",
+    judge_model: Annotated[str | None, typer.Option(help="model name on the judge server")] = None,
+    judge_api_key: Annotated[str | None, typer.Option(help="API key of the judge server")] = None,
+    fail_if: FailIfOpt = None,
+    baseline: BaselineOpt = None,
 ) -> None:
-    """Answer a QA set with each configuration in one run; report accuracy, abstention, citations."""
-    from core.runtime import open_runtime
+    """Answer a QA set with each configuration in one run; report accuracy, abstention, citations,
+    context precision and faithfulness. Answers are cached per question: a rerun resumes."""
+    from contextlib import ExitStack
+
     from eval.qa import run, summarize, write_reports
     from eval.qa_datasets import load_qa
 
     _logging(logging.WARNING)
     settings = _settings()
+    try:
+        gates = _gates(fail_if)
+        config_list = _qa_configs(configs, matrix, remote=url is not None)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    if judge not in ("local", "none") and not judge.startswith(("http://", "https://")):
+        raise _fail(f"--judge must be local, none or an http(s) URL, not {judge!r}")
     data = load_qa(dataset).limited(limit)
     name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
-    wanted = [c.strip() for c in configs.split(",") if c.strip()]
-    unknown = set(wanted) - {"rag", "crag", "crag+replay"}
-    if unknown or not wanted:
-        raise _fail(f"unknown configs {sorted(unknown)}; use rag, crag, crag+replay")
-    if "crag+replay" in wanted and data.replay is None:
+    if any(c.replay for c in config_list) and data.replay is None:
         raise _fail(f"{data.name} ships no recorded search results for crag+replay")
-    with open_runtime(settings) as runtime:
-        _ingest_passages(runtime, data, name)
-        answerers = _qa_answerers(runtime, data, name, wanted)
+    with ExitStack() as stack:
+        if url:
+            answerers, info = _remote_qa(stack, url, api_key, data, name, config_list)
+            generator = None
+        else:
+            from core.runtime import open_runtime
+
+            runtime = stack.enter_context(open_runtime(settings))
+            answerers = _qa_answerers(runtime, data, name, config_list)
+            info = _qa_provenance(runtime, data, [c.name for c in config_list])
+            generator = runtime.generator, runtime.generator_name
+        the_judge = _judge(stack, settings, judge, generator, model=judge_model, key=judge_api_key)
+        fingerprints = {c.name: _cache_key(c, url) for c in config_list}
         started = time.perf_counter()
-        results = run(data, answerers, cache_dir=out / "cache",
-                      progress=lambda c, i, n: typer.echo(f"{c}: {i}/{n}", err=True)
-                      if i % 10 == 0 or i == n else None)
-        info = _qa_provenance(runtime, data, wanted, seconds=time.perf_counter() - started)
-    markdown, report = write_reports(data, results, info, out)
+        with _question_bars() as progress:
+            results = run(data, answerers, cache_dir=out / "cache", progress=progress,
+                          judge=the_judge, fingerprints=fingerprints)
+        info["seconds"] = round(time.perf_counter() - started, 1)
+    judge_name = the_judge.name if the_judge else None
+    info["models"] = {**info.get("models", {}), "judge": judge_name or "none"}
+    markdown, report = write_reports(data, results, info, out, judge=judge_name,
+                                     configs={c.name: c.changes() for c in config_list})
     for config, outcomes in results.items():
         s = summarize(outcomes)
         typer.echo(f"{config}: accuracy {s['accuracy']:.3f}, false abstain "
                    f"{s['false_abstain']:.3f}, abstain on unanswerable "
                    f"{s['abstain_unanswerable']:.3f}, citation validity "
-                   f"{s['citation_validity']:.3f}, p50 {s['latency_p50_ms']:.0f} ms")
-    typer.echo(f"reports: {markdown} {report}")
+                   f"{s['citation_validity']:.3f}, context precision {s['context_precision']:.3f}, "
+                   f"faithfulness {s['faithfulness']:.3f}, p50 {s['latency_p50_ms']:.0f} ms")
+    typer.echo(f"reports: {markdown} {report} {report.with_suffix('.html')}")
+    _finish_run(report, baseline=baseline, gates=gates)
 
 
-def _ingest_passages(runtime: Any, data: Any, collection: str) -> None:
+def _qa_configs(configs: str | None, matrix: Path | None, *, remote: bool) -> list[Any]:
+    from eval.matrix import load_matrix, parse_configs
+    from eval.remote import SERVICE_MODES
+
+    if matrix is not None and configs is not None:
+        raise ValueError("use --configs or --matrix, not both")
+    config_list = load_matrix(matrix) if matrix is not None else parse_configs(configs or "rag,crag")
+    for c in config_list:
+        if c.mode is not None and c.mode not in SERVICE_MODES:
+            raise ValueError(f"{c.name}: mode must be one of {', '.join(SERVICE_MODES)}")
+        if c.replay and not c.crag:
+            raise ValueError(f"{c.name}: replay needs crag: true")
+        if remote and (c.replay or c.rerank or c.chunk_tokens):
+            raise ValueError(f"{c.name}: with --url only crag, mode and top_k can vary; the "
+                             "service's own settings decide the rest")
+    return config_list
+
+
+def _cache_key(config: Any, url: str | None) -> str:
+    import hashlib as _hashlib
+
+    return config.fingerprint() if url is None else _hashlib.sha256(
+        f"{url}\n{config.fingerprint()}".encode()).hexdigest()[:10]
+
+
+@contextmanager
+def _question_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """Progress per configuration: a bar on a terminal, a line every 10 questions otherwise."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+    tty = sys.stderr.isatty()
+
+    def progress(config: str, done: int, total: int) -> None:
+        if not tty:
+            if done % 10 == 0 or done == total:
+                typer.echo(f"{config}: {done}/{total}", err=True)
+            return
+        if config not in bars:
+            bars[config] = tqdm(desc=config, unit="q", total=total, file=sys.stderr)
+        bars[config].update(1)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _judge(stack: Any, settings: Settings, kind: str, local: tuple[Any, str] | None, *,
+           model: str | None, key: str | None) -> Any:
+    """The faithfulness judge ``--judge`` names, or None for ``none``."""
+    from core.prompts import PromptLibrary
+    from core.settings import LLMSettings
+    from eval.faithfulness import LlmJudge
+
+    if kind == "none":
+        return None
+    prompts = PromptLibrary.load()
+    if kind == "local":
+        if local is None:  # --url: the service's model is not ours to call; start the bundled one
+            from core.runtime import start_generator
+
+            generator, server = start_generator(settings, stack)
+            name = (f"{server.model_name} (local llama.cpp)" if server is not None
+                    else f"{generator.model} at {generator.base_url}")
+            return LlmJudge(generator, prompts, name=name)
+        return LlmJudge(local[0], prompts, name=local[1])
+    from core.generators import OpenAIChatGenerator
+
+    llm = LLMSettings(base_url=kind, model=model, api_key=key or "none", timeout_s=300)
+    generator = OpenAIChatGenerator(llm)
+    return LlmJudge(generator, prompts, name=f"{generator.model} at {kind}")
+
+
+def _remote_qa(stack: Any, url: str, api_key: str | None, data: Any, collection: str,
+               configs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from eval.remote import ServiceClient, remote_answerer
+    from eval.report import git_commit, machine, prompt_hashes
+
+    client = stack.enter_context(ServiceClient(url, api_key=api_key))
+    answerers = {c.name: remote_answerer(client, collection=collection, crag=c.crag, top_k=c.top_k,
+                                         mode=c.mode) for c in configs}
+    info = {
+        "dataset": data.name, "dataset_sha256": data.hash(), "questions": len(data.examples),
+        "corpus_passages": len(data.corpus), "configs": ", ".join(c.name for c in configs),
+        "target": f"service at {url}, collection {collection}",
+        "models": {"generator": f"the service's (at {url})"},
+        "prompt_hashes": prompt_hashes(),
+        "git_commit": git_commit(), "machine": machine(),
+        "command": " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])]),
+    }
+    return answerers, info
+
+
+def _ingest_passages(runtime: Any, data: Any, collection: str, chunking: Any = None) -> None:
     import hashlib as _hashlib
 
     from core.types import Document, Section
     from ingest.pipeline import IngestPipeline
 
     pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
-                              chunking=runtime.settings.chunking)
+                              chunking=chunking or runtime.settings.chunking)
     docs = (Document(source=p.id, title=p.title, sections=(Section(p.text),),
                      content_hash=_hashlib.sha256(
                          f"{p.title}\n{p.text}\n{pipeline.fingerprint}".encode()).hexdigest())
             for p in data.corpus if p.text.strip())
     report = pipeline.ingest_documents(docs, collection=collection)
-    typer.echo(f"corpus: {report.summary()}", err=True)
+    typer.echo(f"corpus ({collection}): {report.summary()}", err=True)
 
 
-def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[str]) -> dict[str, Any]:
+def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[Any]) -> dict[str, Any]:
+    """One answerer per configuration; a configuration with its own chunk size gets its own
+    collection, ingested here."""
+    from dataclasses import replace
+
     from core.connectors import ReplayConnector
     from core.crag import CorrectiveRag
+    from core.rerankers import build_reranker
 
-    rag = runtime.rag()
-    crag_settings = runtime.settings.crag.model_copy(update={"enabled": True})
+    settings = runtime.settings
+    crag_settings = settings.crag.model_copy(update={"enabled": True})
+    collections: dict[int | None, str] = {}
     out: dict[str, Any] = {}
     for config in configs:
-        if config == "rag":
-            out[config] = lambda q: rag.answer(q, collection=collection)
-        else:
-            connectors = [ReplayConnector(*data.replay)] if config == "crag+replay" else []
-            crag = CorrectiveRag(rag, crag_settings, connectors)
-            out[config] = lambda q, crag=crag: crag.answer(q, collection=collection)
+        if config.chunk_tokens not in collections:
+            name = collection if config.chunk_tokens is None else f"{collection}-c{config.chunk_tokens}"
+            chunking = None if config.chunk_tokens is None else settings.chunking.model_copy(
+                update={"chunk_tokens": config.chunk_tokens})
+            _ingest_passages(runtime, data, name, chunking)
+            collections[config.chunk_tokens] = name
+        target = collections[config.chunk_tokens]
+        retrieval = settings.retrieval.model_copy(update={
+            k: v for k, v in {"mode": config.mode, "top_k": config.top_k}.items() if v is not None})
+        reranker = runtime.reranker
+        if config.rerank is not None:
+            reranker = build_reranker(settings.rerank.model_copy(update={"kind": config.rerank}),
+                                      data_dir=settings.data_dir, prompts=runtime.prompts,
+                                      llm_base_url=getattr(runtime.generator, "base_url", None))
+        rag = replace(runtime, reranker=reranker).rag()
+        if not config.crag:
+            out[config.name] = (lambda q, rag=rag, r=retrieval, c=target:
+                                rag.answer(q, collection=c, settings=r))
+            continue
+        connectors = [ReplayConnector(*data.replay)] if config.replay else []
+        crag = CorrectiveRag(rag, crag_settings, connectors)
+        out[config.name] = (lambda q, crag=crag, r=retrieval, c=target:
+                            crag.answer(q, collection=c, retrieval=r))
     return out
 
 
-def _qa_provenance(runtime: Any, data: Any, configs: list[str], *, seconds: float
-                   ) -> dict[str, Any]:
+def _qa_provenance(runtime: Any, data: Any, configs: list[str]) -> dict[str, Any]:
     from eval.report import git_commit, machine
 
     return {
@@ -749,7 +1075,14 @@ def _qa_provenance(runtime: Any, data: Any, configs: list[str], *, seconds: floa
         "embedder": runtime.embedder.name, "generator": runtime.generator_name,
         "crag_thresholds": f"upper {runtime.settings.crag.upper}, lower {runtime.settings.crag.lower}",
         "prompts": ", ".join(f"{k} {v[:12]}" for k, v in runtime.prompts.hashes().items()),
-        "git_commit": git_commit(), "machine": machine(), "seconds": round(seconds, 1),
+        "models": {"embedder": runtime.embedder.name, "generator": runtime.generator_name,
+                   "reranker": runtime.settings.rerank.kind},
+        "prompt_hashes": runtime.prompts.hashes(),
+        "configuration": {"retrieval": runtime.settings.retrieval.model_dump(),
+                          "chunking": runtime.settings.chunking.model_dump(),
+                          "crag": runtime.settings.crag.model_dump(include={"upper", "lower",
+                                                                            "strip_min", "rewrite"})},
+        "git_commit": git_commit(), "machine": machine(),
         "command": " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])]),
     }
 

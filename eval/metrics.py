@@ -377,8 +377,114 @@ def contains_answer(prediction: str, gold: str | Sequence[str]) -> float:
 
     The match is on whole normalised tokens (``"4"`` is not found in
     ``"1945"``), like DPR's ``has_answer``; an alias that normalises to
-    nothing never matches.
+    nothing never matches. An alias with Chinese, Japanese or Korean characters
+    is matched as a case-insensitive substring instead (RGB's ``checkanswer``).
     """
     haystack = f" {normalize_answer(prediction)} "
-    needles = (normalize_answer(g) for g in _aliases(gold))
-    return float(any(n and f" {n} " in haystack for n in needles))
+    for alias in _aliases(gold):
+        if has_cjk(alias):  # no spaces to match tokens on: substring, as RGB does
+            if alias.lower() in prediction.lower():
+                return 1.0
+            continue
+        needle = normalize_answer(alias)
+        if needle and f" {needle} " in haystack:
+            return 1.0
+    return 0.0
+
+
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def contains_answer_groups(prediction: str, groups: Sequence[Sequence[str]]) -> float:
+    """1.0 if the prediction contains an alias of *every* answer group, else 0.0.
+
+    RGB's ``checkanswer`` (Chen et al., "Benchmarking Large Language Models in
+    Retrieval-Augmented Generation", AAAI 2024; ``evalue.py`` in the RGB
+    repository): each element of the gold list must occur in the lower-cased
+    prediction as a substring, and an element that is itself a list is
+    satisfied by any one of its aliases. RGB counts an answer correct when no
+    element is missing; we do the same. Substring matching is what RGB uses and
+    suits Chinese, which has no spaces to match whole tokens on.
+
+    Raises:
+        ValueError: no groups, or an empty group.
+    """
+    if not groups or any(not g for g in groups):
+        raise ValueError("no gold answer groups given; pass at least one alias per group")
+    text = prediction.lower()
+    return float(all(any(alias.lower() in text for alias in group) for group in groups))
+
+
+def has_cjk(text: str) -> bool:
+    """Whether the text holds Chinese, Japanese or Korean characters (matched as substrings)."""
+    return bool(_CJK.search(text))
+
+
+def abstention_precision(abstained: Sequence[bool], unanswerable: Sequence[bool]) -> float:
+    """Share of abstentions that were on unanswerable questions (NaN when none abstained).
+
+    Precision of abstaining treated as a binary classifier of "this question
+    cannot be answered from the documents", as in selective question answering
+    (Kamath, Jia & Liang, "Selective Question Answering under Domain Shift", ACL
+    2020) and SQuAD 2.0's no-answer evaluation (Rajpurkar et al. 2018):
+    ``|abstained ∧ unanswerable| / |abstained|``.
+    """
+    pairs = _paired_flags(abstained, unanswerable)
+    hits = [u for a, u in pairs if a]
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
+def abstention_recall(abstained: Sequence[bool], unanswerable: Sequence[bool]) -> float:
+    """Share of unanswerable questions that were abstained on (NaN when none is unanswerable).
+
+    Recall of the same classifier as :func:`abstention_precision`:
+    ``|abstained ∧ unanswerable| / |unanswerable|``; RGB calls it the rejection
+    rate on negative-only contexts (Chen et al., AAAI 2024, §3.2).
+    """
+    pairs = _paired_flags(abstained, unanswerable)
+    hits = [a for a, u in pairs if u]
+    return sum(hits) / len(hits) if hits else float("nan")
+
+
+def _paired_flags(a: Sequence[bool], b: Sequence[bool]) -> list[tuple[bool, bool]]:
+    if len(a) != len(b):
+        raise ValueError(f"flag lists differ in length ({len(a)} vs {len(b)})")
+    return list(zip(a, b, strict=True))
+
+
+def context_precision(relevant: Sequence[bool]) -> float:
+    """Rank-weighted precision of the contexts given to the model, in their order.
+
+    RAGAS's context precision (Es et al., "RAGAS: Automated Evaluation of
+    Retrieval Augmented Generation", EACL 2024 demos; ``context_precision`` in
+    the ragas library): ``sum_k (precision@k * v_k) / (number of relevant
+    contexts)`` over ranks ``k = 1..K``, with ``v_k = 1`` when the k-th context
+    is relevant. It equals average precision over the contexts actually given,
+    so a relevant context ranked first counts more than one ranked last.
+    RAGAS asks an LLM whether each context is relevant; this harness uses the
+    reference answer instead (relevant = it contains a gold answer), DPR's
+    ``has_answer`` notion, so the metric needs no judge. 0 when none is relevant.
+
+    Args:
+        relevant: one flag per context, in the order given to the model.
+    """
+    found, summed = 0, 0.0
+    for k, flag in enumerate(relevant, start=1):
+        if flag:
+            found += 1
+            summed += found / k
+    return summed / found if found else 0.0
+
+
+def faithfulness(supported: Sequence[bool]) -> float:
+    """Share of an answer's statements supported by the text they cite (NaN for none).
+
+    RAGAS's faithfulness (Es et al., EACL 2024, §2): the answer is split into
+    statements, a judge decides for each whether it can be inferred from the
+    context, and the score is ``|supported| / |statements|``. Here a statement
+    is a sentence of the answer and its context is the text of the sources the
+    sentence cites (all given sources when it cites none), following the
+    attribution check of Gao et al., "Enabling Large Language Models to Generate
+    Text with Citations" (ALCE, EMNLP 2023). The judge is a model; reports name it.
+    """
+    return sum(supported) / len(supported) if supported else float("nan")

@@ -13,12 +13,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.types import Answer
-from eval.metrics import contains_answer, exact_match, paired_bootstrap, token_f1
+from eval.compare import paired_rows
+from eval.faithfulness import Judge, judge_outcome
+from eval.metrics import (
+    abstention_precision,
+    abstention_recall,
+    contains_answer,
+    contains_answer_groups,
+    context_precision,
+    exact_match,
+    token_f1,
+)
 from eval.qa_datasets import QADataset, QAExample
 
 Answerer = Callable[[str], Answer]
@@ -26,7 +38,13 @@ Answerer = Callable[[str], Answer]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One example answered by one configuration, scored."""
+    """One example answered by one configuration, scored.
+
+    ``sources`` are the passages given to the model (``n``, ``document``,
+    ``text``), in order; ``context_relevant`` flags each as relevant to the
+    question (see :func:`score`); ``supported`` holds the judge's verdict on
+    each answer sentence and ``faithfulness`` their share (None when not judged).
+    """
 
     id: str
     config: str
@@ -44,10 +62,23 @@ class Outcome:
     completion_tokens: int
     action: str = ""
     cited: tuple[str, ...] = ()
+    question: str = ""
+    gold: tuple[str, ...] = ()
+    sources: tuple[dict[str, Any], ...] = ()
+    context_relevant: tuple[bool, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    faithfulness: float | None = None
+    supported: tuple[bool, ...] = ()
+    judge: str = ""
 
 
 def score(example: QAExample, config: str, answer: Answer, latency_ms: float) -> Outcome:
-    """Score one answer against the example's gold aliases."""
+    """Score one answer against the example's gold aliases.
+
+    A source counts as relevant to the question when it is one of the example's
+    known ``relevant_passages`` or, where none are known, when it contains a
+    gold answer; unanswerable questions have no relevant source.
+    """
     given = {s.chunk_id for s in answer.sources}
     abstained = answer.status != "answered"
     text = "" if abstained else answer.text
@@ -55,7 +86,7 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
     return Outcome(
         id=example.id, config=config, answer=answer.text, status=answer.status,
         unanswerable=example.unanswerable,
-        contains=0.0 if abstained or not example.answers else contains_answer(text, gold),
+        contains=0.0 if abstained or not example.answers else _contains(text, example),
         em=exact_match(text, gold), f1=token_f1(text, gold), abstained=abstained,
         citations_valid=all(c.chunk_id in given for c in answer.citations)
         and not answer.invalid_citations,
@@ -64,36 +95,81 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
         completion_tokens=answer.usage.get("completion_tokens", 0),
         action=str(answer.trace.get("action", "")),
         cited=tuple(c.document for c in answer.citations),
+        question=example.question, gold=tuple(example.answers),
+        sources=tuple({"n": s.n, "document": s.document, "chunk_id": s.chunk_id, "text": s.text}
+                      for s in answer.sources),
+        context_relevant=tuple(_relevant(s.document, s.text, example) for s in answer.sources),
+        timings={k: round(float(v), 1) for k, v in answer.timings.items()},
     )
+
+
+def _contains(text: str, example: QAExample) -> float:
+    if example.answer_groups:
+        return contains_answer_groups(text, example.answer_groups)
+    return contains_answer(text, list(example.answers))
+
+
+def _relevant(document: str, text: str, example: QAExample) -> bool:
+    if example.unanswerable:
+        return False
+    if example.relevant_passages:
+        return document in example.relevant_passages
+    return bool(example.answers) and contains_answer(text, list(example.answers)) == 1.0
+
+
+Progress = Callable[[str, int, int], None]
 
 
 def run(
     dataset: QADataset, answerers: Mapping[str, Answerer], *, cache_dir: Path,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None, judge: Judge | None = None,
+    fingerprints: Mapping[str, str] | None = None,
 ) -> dict[str, list[Outcome]]:
-    """Answer every example with every configuration, resuming from ``cache_dir``."""
+    """Answer every example with every configuration, resuming from ``cache_dir``.
+
+    Args:
+        dataset: the questions.
+        answerers: ``{config name: question -> Answer}``.
+        cache_dir: one JSONL file per configuration; answers found there are not asked again.
+        progress: called as ``progress(config, done, total)`` after each example.
+        judge: judges faithfulness of each answer; an answer cached with another
+            judge's verdict is judged again.
+        fingerprints: ``{config: short hash of its settings}``, part of the cache
+            file name, so a changed configuration never reuses old answers.
+
+    Returns:
+        ``{config: outcomes in the dataset's order}``.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[Outcome]] = {}
     for config, answer_fn in answerers.items():
-        cache = cache_dir / f"{dataset.name}.{config}.jsonl"
+        suffix = f".{fingerprints[config]}" if fingerprints and config in fingerprints else ""
+        cache = cache_dir / f"{dataset.name}.{config}{suffix}.jsonl"
         done = _read_cache(cache)
         with cache.open("a", encoding="utf-8") as out:
             for i, example in enumerate(dataset.examples, start=1):
-                if example.id not in done:
+                outcome = done.get(example.id)
+                fresh = outcome is None
+                if outcome is None:
                     started = time.perf_counter()
                     answer = answer_fn(example.question)
-                    outcome = score(example, config, answer,
-                                    (time.perf_counter() - started) * 1000)
-                    if answer.status != "generation_unavailable":
-                        # An outage is not an answer: keep it out of the cache, so the
-                        # next run asks again instead of scoring the outage forever.
-                        out.write(json.dumps(asdict(outcome)) + "\n")
-                        out.flush()
-                    done[example.id] = outcome
+                    outcome = score(example, config, answer, (time.perf_counter() - started) * 1000)
+                if judge is not None and outcome.judge != judge.name:
+                    outcome = judge_outcome(outcome, judge)
+                    fresh = True
+                if fresh and outcome.status != "generation_unavailable":
+                    # An outage is not an answer: keep it out of the cache, so the
+                    # next run asks again instead of scoring the outage forever.
+                    out.write(json.dumps(asdict(outcome), ensure_ascii=False) + "\n")
+                    out.flush()
+                done[example.id] = outcome
                 if progress:
                     progress(config, i, len(dataset.examples))
         results[config] = [done[e.id] for e in dataset.examples]
     return results
+
+
+_TUPLE_FIELDS = ("cited", "gold", "sources", "context_relevant", "supported")
 
 
 def _read_cache(path: Path) -> dict[str, Outcome]:
@@ -102,81 +178,197 @@ def _read_cache(path: Path) -> dict[str, Outcome]:
     out = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
-            data = json.loads(line)
-            data["cited"] = tuple(data.get("cited", ()))
-            out[data["id"]] = Outcome(**data)
+            out_ = outcome_from_json(json.loads(line))
+            out[out_.id] = out_
     return out
+
+
+def outcome_from_json(data: Mapping[str, Any]) -> Outcome:
+    """An :class:`Outcome` from its JSON form (a cache line or a report's ``outcomes``)."""
+    known = {f.name for f in fields(Outcome)}
+    values = {k: v for k, v in data.items() if k in known}
+    for name in _TUPLE_FIELDS:
+        if name in values:
+            values[name] = tuple(values[name])
+    return Outcome(**values)
+
+
+def _share(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, float]:
     """Aggregate metrics of one configuration.
 
     ``accuracy`` (gold contained), ``em`` and ``f1`` are over answerable
-    questions; ``abstain_unanswerable`` is the share of unanswerable
-    questions abstained on (abstention recall); ``false_abstain`` the share
-    of answerable ones abstained on; ``abstain_precision`` the share of
-    abstentions that were on unanswerable questions; ``citation_validity``
-    the share of answers whose every citation names a source given to the model.
+    questions; ``abstain_recall`` (also ``abstain_unanswerable``) and
+    ``abstain_precision`` are :func:`eval.metrics.abstention_recall` and
+    :func:`~eval.metrics.abstention_precision`; ``false_abstain`` the share of
+    answerable questions abstained on; ``citation_validity`` the share of
+    answers whose every citation names a source given to the model;
+    ``context_precision`` (:func:`eval.metrics.context_precision`) is over
+    answerable questions; ``faithfulness`` (:func:`eval.metrics.faithfulness`)
+    is over answers the judge saw. Latency percentiles are numpy's (linear
+    interpolation), for the whole answer and for every stage the pipeline timed.
     """
     answerable = [o for o in outcomes if not o.unanswerable]
-    unanswerable = [o for o in outcomes if o.unanswerable]
-    abstentions = [o for o in outcomes if o.abstained]
-    latencies = sorted(o.latency_ms for o in outcomes)
-
-    def share(items: Sequence[Outcome], key: Callable[[Outcome], float]) -> float:
-        return sum(key(o) for o in items) / len(items) if items else float("nan")
-
-    return {
+    abstained = [o.abstained for o in outcomes]
+    unanswerable = [o.unanswerable for o in outcomes]
+    judged = [o.faithfulness for o in outcomes if o.faithfulness is not None]
+    latencies = [o.latency_ms for o in outcomes]
+    summary = {
         "n": float(len(outcomes)),
-        "accuracy": share(answerable, lambda o: o.contains),
-        "em": share(answerable, lambda o: o.em),
-        "f1": share(answerable, lambda o: o.f1),
-        "false_abstain": share(answerable, lambda o: float(o.abstained)),
-        "abstain_unanswerable": share(unanswerable, lambda o: float(o.abstained)),
-        "abstain_precision": share(abstentions, lambda o: float(o.unanswerable)),
-        "citation_validity": share(outcomes, lambda o: float(o.citations_valid)),
-        "latency_p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
-        "latency_p95_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
-        if latencies else float("nan"),
-        "tokens_per_answer": share(outcomes, lambda o: o.prompt_tokens + o.completion_tokens),
+        "accuracy": _share([o.contains for o in answerable]),
+        "em": _share([o.em for o in answerable]),
+        "f1": _share([o.f1 for o in answerable]),
+        "false_abstain": _share([float(o.abstained) for o in answerable]),
+        "abstain_unanswerable": abstention_recall(abstained, unanswerable),
+        "abstain_recall": abstention_recall(abstained, unanswerable),
+        "abstain_precision": abstention_precision(abstained, unanswerable),
+        "citation_validity": _share([float(o.citations_valid) for o in outcomes]),
+        "context_precision": _share([context_precision(o.context_relevant) for o in answerable]),
+        "faithfulness": _share(judged),
+        "judged": float(len(judged)),
+        "latency_p50_ms": _pct(latencies, 50),
+        "latency_p95_ms": _pct(latencies, 95),
+        "tokens_per_answer": _share([o.prompt_tokens + o.completion_tokens for o in outcomes]),
+        "prompt_tokens_per_answer": _share([o.prompt_tokens for o in outcomes]),
+        "completion_tokens_per_answer": _share([o.completion_tokens for o in outcomes]),
     }
+    for stage in sorted({k for o in outcomes for k in o.timings}):
+        values = [o.timings[stage] for o in outcomes if stage in o.timings]
+        name = stage.removesuffix("_ms")
+        summary[f"{name}_p50_ms"] = _pct(values, 50)
+        summary[f"{name}_p95_ms"] = _pct(values, 95)
+    return summary
+
+
+PER_QUESTION_METRICS = ("accuracy", "em", "f1", "abstained", "context_precision", "faithfulness",
+                        "latency_ms")
+
+
+def per_question(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:
+    """``{metric: {question id: value}}``, the values paired comparisons resample.
+
+    Answer metrics and context precision cover answerable questions,
+    faithfulness the judged answers, ``abstained`` (0/1) and latency all.
+    """
+    table: dict[str, dict[str, float]] = {m: {} for m in PER_QUESTION_METRICS}
+    for o in outcomes:
+        if not o.unanswerable:
+            table["accuracy"][o.id] = o.contains
+            table["em"][o.id] = o.em
+            table["f1"][o.id] = o.f1
+            table["context_precision"][o.id] = context_precision(o.context_relevant)
+        if o.faithfulness is not None:
+            table["faithfulness"][o.id] = o.faithfulness
+        table["abstained"][o.id] = float(o.abstained)
+        table["latency_ms"][o.id] = o.latency_ms
+    return {m: v for m, v in table.items() if v}
 
 
 def compare(results: Mapping[str, Sequence[Outcome]], *, baseline: str) -> list[dict[str, Any]]:
-    """Paired bootstrap of each configuration's accuracy against ``baseline``'s."""
+    """Paired bootstrap of each configuration against ``baseline``, per metric.
+
+    Rows keep the historical keys (``diff``, ``low``, ``high``) beside the
+    names retrieval reports use (``mean_diff``, ``ci95_low``, ``ci95_high``).
+    """
     if baseline not in results:
         return []
-    base = [o.contains for o in results[baseline] if not o.unanswerable]
+    base = per_question(results[baseline])
     rows = []
     for config, outcomes in results.items():
         if config == baseline:
             continue
-        other = [o.contains for o in outcomes if not o.unanswerable]
-        if not other:
-            continue
-        r = paired_bootstrap(other, base)
-        rows.append({"config": config, "baseline": baseline, "metric": "accuracy",
-                     "diff": r.mean_diff, "low": r.low, "high": r.high, "p_value": r.p_value})
+        for row in paired_rows(per_question(outcomes), base):
+            rows.append({"config": config, "baseline": baseline, **row,
+                         "diff": row["mean_diff"], "low": row["ci95_low"],
+                         "high": row["ci95_high"]})
     return rows
 
 
-def render_markdown(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
-                    provenance: Mapping[str, Any]) -> str:
-    cols = ["accuracy", "em", "f1", "false_abstain", "abstain_unanswerable", "abstain_precision",
-            "citation_validity", "latency_p50_ms", "latency_p95_ms", "tokens_per_answer"]
-    lines = [f"# QA evaluation: {dataset.name}", ""]
-    lines += [f"- {k}: {v}" for k, v in provenance.items()]
-    lines += ["", "| config | n | " + " | ".join(cols) + " |",
-              "|---|---|" + "---|" * len(cols)]
-    for config, outcomes in results.items():
-        s = summarize(outcomes)
-        lines.append(f"| {config} | {int(s['n'])} | " + " | ".join(_fmt(s[c]) for c in cols) + " |")
-    rows = compare(results, baseline=next(iter(results)))
+MARKDOWN_COLUMNS = ("accuracy", "em", "f1", "false_abstain", "abstain_precision", "abstain_recall",
+                    "citation_validity", "context_precision", "faithfulness", "latency_p50_ms",
+                    "latency_p95_ms", "tokens_per_answer")
+
+
+def report_data(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
+                provenance: Mapping[str, Any], *, configs: Mapping[str, Any] | None = None,
+                judge: str | None = None) -> dict[str, Any]:
+    """Everything in the QA report as JSON-ready data, every outcome included."""
+    from eval.compare import mean_cis
+    from eval.report import published_references
+
+    baseline = next(iter(results))
+    return {
+        "kind": "qa",
+        "dataset": dataset.name,
+        "provenance": dict(provenance),
+        "configs": dict(configs or {c: {} for c in results}),
+        "judge": judge,
+        "summary": {c: summarize(o) for c, o in results.items()},
+        "ci95": {c: mean_cis(per_question(o)) for c, o in results.items()},
+        "comparisons": compare(results, baseline=baseline),
+        "published_references": published_references(dataset.name),
+        "outcomes": {c: [asdict(x) for x in o] for c, o in results.items()},
+    }
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The QA report as Markdown, from :func:`report_data`'s output."""
+    lines = [f"# QA evaluation: {report['dataset']}", ""]
+    lines += [f"- {k}: {_md_value(v)}" for k, v in report["provenance"].items()]
+    lines.append(f"- faithfulness judge: {report.get('judge') or 'not judged'}")
+    cols = list(MARKDOWN_COLUMNS)
+    lines += ["", "| config | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for config, s in report["summary"].items():
+        lines.append(f"| {config} | {int(s['n'])} | " + " | ".join(_fmt(s.get(c, float("nan")))
+                                                                 for c in cols) + " |")
+    for ref in report.get("published_references", []):
+        cells = [f"*{ref['value']:.3f}*" if c == ref["metric"] else "–" for c in cols]
+        lines.append(f"| *{ref['system']}, published* | – | " + " | ".join(cells) + " |")
+    stages = sorted({k for s in report["summary"].values() for k in s
+                     if k.endswith("_p50_ms") and k != "latency_p50_ms"})
+    if stages:
+        lines += ["", "Latency per stage, p50 / p95 ms:", ""]
+        for config, s in report["summary"].items():
+            lines.append(f"- {config}: " + ", ".join(
+                f"{st.removesuffix('_p50_ms')} {s[st]:.0f} / {s[st.replace('_p50_', '_p95_')]:.0f}"
+                for st in stages if st in s))
+    rows = report.get("comparisons", [])
     if rows:
-        lines += ["", "Differences in accuracy (paired bootstrap, 95% interval):", ""]
-        lines += [f"- {r['config']} vs {r['baseline']}: {r['diff']:+.3f} "
-                  f"[{r['low']:+.3f}, {r['high']:+.3f}], p = {r['p_value']:.3f}" for r in rows]
+        lines += ["", "Differences (paired bootstrap over questions, 95% interval; * = significant):",
+                  ""]
+        lines += [f"- {r['config']} vs {r['baseline']}, {r['metric']}: {r['mean_diff']:+.3f} "
+                  f"[{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}], p = {r['p_value']:.3f}"
+                  f"{' *' if r['significant'] else ''}" for r in rows]
+    refs = report.get("published_references", [])
+    if refs:
+        lines += ["", "## Published reference (from the literature, not measured here)", ""]
+        lines += [f"- {r['system']}: {r['metric']} = {r['value']:.3f} (published, {r['source']}; "
+                  "not measured by this run)" for r in refs]
     return "\n".join(lines) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a metric with nothing to average) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _md_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _fmt(value: float) -> str:
@@ -184,15 +376,26 @@ def _fmt(value: float) -> str:
 
 
 def write_reports(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
-                  provenance: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """``qa.md`` and ``qa.json`` (summaries, comparisons and every outcome)."""
+                  provenance: Mapping[str, Any], out_dir: Path, *,
+                  configs: Mapping[str, Any] | None = None, judge: str | None = None,
+                  baseline: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """``qa-<dataset>.md``, ``.json`` (summaries, comparisons, every outcome) and ``.html``.
+
+    Args:
+        baseline: a comparison against an earlier run (``{"baseline": path, "rows": [...]}``),
+            stored in the JSON and shown in the HTML page.
+
+    Returns:
+        The Markdown and JSON paths (the HTML page lies beside them).
+    """
+    from eval.html import write_html
+
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / f"qa-{dataset.name}.md", out_dir / f"qa-{dataset.name}.json"
-    md.write_text(render_markdown(dataset, results, provenance), encoding="utf-8")
-    js.write_text(json.dumps({
-        "provenance": dict(provenance),
-        "summary": {c: summarize(o) for c, o in results.items()},
-        "comparisons": compare(results, baseline=next(iter(results))),
-        "outcomes": {c: [asdict(x) for x in o] for c, o in results.items()},
-    }, indent=2) + "\n", encoding="utf-8")
+    report = report_data(dataset, results, provenance, configs=configs, judge=judge)
+    if baseline:
+        report["baseline_comparison"] = dict(baseline)
+    md.write_text(render_markdown(report), encoding="utf-8")
+    js.write_text(json.dumps(_finite(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_html(report, out_dir / f"qa-{dataset.name}.html")
     return md, js

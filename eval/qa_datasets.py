@@ -10,6 +10,13 @@ passages, the pooled corpus to ingest (``Passage`` records with stable ids).
   CRAG paper's web-search results serve the replay connector.
 * SQuAD v2 dev 500 (``squad_v2_dev500/``): 411 paragraphs pooled; 258
   questions are unanswerable and should be abstained on.
+* RGB (``rgb/``, Chen et al. AAAI 2024; Chinese): ``zh_refine.json`` (300
+  questions) or ``zh_int.json`` (100 information-integration questions), JSON
+  Lines of ``{id, query, answer, positive, negative}``. Every question's
+  positive and noisy passages are pooled into one corpus (open retrieval rather
+  than RGB's fixed five passages per question); an answer is correct when it
+  contains every element of ``answer`` (RGB's ``checkanswer``), and a source is
+  relevant when it is one of the question's positive passages.
 """
 
 from __future__ import annotations
@@ -31,10 +38,23 @@ class Passage:
 
 @dataclass(frozen=True, slots=True)
 class QAExample:
+    """One question with its gold answers.
+
+    ``answer_groups``, when given, replaces alias matching: every group must be
+    matched by one of its aliases (RGB). ``relevant_passages`` are ids of corpus
+    passages known to hold the answer (context precision uses them; without them
+    a source is relevant when it contains a gold answer). ``passage_ids`` are the
+    corpus passages that belong to this question alone: a run limited to some
+    questions ingests only theirs.
+    """
+
     id: str
     question: str
     answers: tuple[str, ...]
     unanswerable: bool = False
+    answer_groups: tuple[tuple[str, ...], ...] = ()
+    relevant_passages: tuple[str, ...] = ()
+    passage_ids: tuple[str, ...] = ()
 
 
 @dataclass
@@ -48,7 +68,12 @@ class QADataset:
     def limited(self, n: int | None) -> QADataset:
         if n is None:
             return self
-        return QADataset(self.name, self.examples[:n], self.corpus, self.files, self.replay)
+        examples = self.examples[:n]
+        corpus = self.corpus
+        if any(e.passage_ids for e in self.examples):
+            keep = {pid for e in examples for pid in e.passage_ids}
+            corpus = [p for p in corpus if p.id in keep]
+        return QADataset(self.name, examples, corpus, self.files, self.replay)
 
     def hash(self) -> str:
         digest = hashlib.sha256()
@@ -68,11 +93,16 @@ def load_qa(path: Path) -> QADataset:
         return load_popqa_crag(path)
     if (path / "queries.json").is_file() and (path / "ground_truth.json").is_file():
         return load_squad_v2(path)
+    if (path / "zh_refine.json").is_file():
+        return load_rgb(path / "zh_refine.json")
+    if path.is_file() and path.name in RGB_FILES:
+        return load_rgb(path)
     if path.is_file() and path.suffix == ".jsonl":
         return load_jsonl(path)
     raise DatasetError(
         f"{path}: not a QA dataset; expected a JSONL file, a popqa_crag folder "
-        "(popqa_longtail_w_gs_first100.jsonl) or a squad_v2 folder (queries.json, ground_truth.json)")
+        "(popqa_longtail_w_gs_first100.jsonl), a squad_v2 folder (queries.json, ground_truth.json) "
+        f"or an RGB folder or file ({', '.join(RGB_FILES)})")
 
 
 def load_popqa_crag(path: Path) -> QADataset:
@@ -99,11 +129,52 @@ def load_squad_v2(path: Path) -> QADataset:
     for q in queries:
         gold = truth[q["id"]]
         answers = tuple(a for a in gold["answers"] if a)
-        examples.append(QAExample(q["id"], q["question"], answers, bool(gold["is_impossible"])))
         pid = hashlib.sha256(q["context"].encode()).hexdigest()[:16]
+        impossible = bool(gold["is_impossible"])
+        examples.append(QAExample(q["id"], q["question"], answers, impossible,
+                                  relevant_passages=() if impossible else (pid,)))
         corpus.setdefault(pid, Passage(pid, "", q["context"]))
     return QADataset("squad_v2", examples, list(corpus.values()),
                      [path / "queries.json", path / "ground_truth.json"])
+
+
+RGB_FILES = ("zh_refine.json", "zh_int.json")
+
+
+def load_rgb(file: Path) -> QADataset:
+    """An RGB file: JSON Lines with ``query``, ``answer``, ``positive`` and ``negative``.
+
+    ``zh_int.json`` nests one passage list per sub-answer in ``positive``; they
+    are flattened. Passage ids are content hashes, so a passage shared by two
+    questions is ingested once.
+    """
+    examples, corpus = [], {}
+    for n, record in enumerate(_json_lines(file), start=1):
+        missing = [k for k in ("id", "query", "answer", "positive", "negative") if k not in record]
+        if missing:
+            raise DatasetError(f"{file}:{n}: not an RGB record, missing {', '.join(missing)}")
+        groups = tuple((a,) if isinstance(a, str) else tuple(a) for a in record["answer"])
+        positive = [_passage(t) for t in _flatten(record["positive"])]
+        negative = [_passage(t) for t in _flatten(record["negative"])]
+        for p in positive + negative:
+            corpus.setdefault(p.id, p)
+        examples.append(QAExample(
+            id=str(record["id"]), question=record["query"],
+            answers=tuple(a for g in groups for a in g), answer_groups=groups,
+            relevant_passages=tuple(dict.fromkeys(p.id for p in positive)),
+            passage_ids=tuple(dict.fromkeys(p.id for p in positive + negative))))
+    return QADataset(f"rgb_{file.stem}", examples, list(corpus.values()), [file])
+
+
+def _flatten(items: list) -> list[str]:  # type: ignore[type-arg]
+    out: list[str] = []
+    for item in items:
+        out.extend(_flatten(item) if isinstance(item, list) else [str(item)])
+    return [t for t in out if t.strip()]
+
+
+def _passage(text: str) -> Passage:
+    return Passage(hashlib.sha256(text.encode()).hexdigest()[:16], "", text)
 
 
 def load_jsonl(file: Path) -> QADataset:
@@ -118,6 +189,21 @@ def load_jsonl(file: Path) -> QADataset:
             pid = hashlib.sha256(text.encode()).hexdigest()[:16] or f"{i}-{j}"
             corpus.setdefault(pid, Passage(pid, title, text))
     return QADataset(file.stem, examples, list(corpus.values()), [file])
+
+
+def _json_lines(file: Path) -> list[dict]:  # type: ignore[type-arg]
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DatasetError(f"cannot read {file}: {e.strerror}") from e
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise DatasetError(f"{file}:{n}: not JSON ({e})") from e
+    return out
 
 
 def _jsonl(file: Path) -> list[dict]:  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,34 @@ class PublishedReference:
     source: str
 
 
+_BEIR = "Thakur et al. 2021, BEIR, Tables 2 and 9"
+_CRAG = ("Yan et al. 2024, Corrective RAG, Table 1: all 1,399 PopQA long-tail questions, "
+         "a 7B generator")
 PUBLISHED: dict[str, tuple[PublishedReference, ...]] = {
-    "scifact": (PublishedReference(system="BM25 (BEIR)", metric="ndcg@10", value=0.665,
-                                   source="Thakur et al. 2021, BEIR"),),
+    "scifact": (
+        PublishedReference(system="BM25 (BEIR)", metric="ndcg@10", value=0.665, source=_BEIR),
+        PublishedReference(system="BM25 (BEIR)", metric="recall@100", value=0.908, source=_BEIR),
+        PublishedReference(system="DPR (BEIR)", metric="ndcg@10", value=0.318, source=_BEIR),
+        PublishedReference(system="ANCE (BEIR)", metric="ndcg@10", value=0.507, source=_BEIR),
+        PublishedReference(system="TAS-B (BEIR)", metric="ndcg@10", value=0.643, source=_BEIR),
+        PublishedReference(system="ColBERT (BEIR)", metric="ndcg@10", value=0.671, source=_BEIR),
+        PublishedReference(system="BM25+CE (BEIR)", metric="ndcg@10", value=0.688, source=_BEIR),
+    ),
+    "popqa_crag": (
+        PublishedReference(system="RAG, SelfRAG-LLaMA2-7b", metric="accuracy", value=0.528,
+                           source=_CRAG),
+        PublishedReference(system="CRAG, SelfRAG-LLaMA2-7b", metric="accuracy", value=0.598,
+                           source=_CRAG),
+        PublishedReference(system="Self-CRAG, SelfRAG-LLaMA2-7b", metric="accuracy", value=0.618,
+                           source=_CRAG),
+    ),
 }
-"""Published references by dataset folder name."""
+"""Published references by dataset folder name (QA: by adapter name)."""
+
+
+def published_references(dataset: str) -> list[dict[str, Any]]:
+    """The dataset's published numbers as JSON rows, each marked ``"measured": false``."""
+    return [{**asdict(ref), "measured": False} for ref in PUBLISHED.get(dataset, ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +76,9 @@ class Provenance:
     created_utc: str
     command: str | None = None
     machine: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+    configuration: dict[str, Any] = field(default_factory=dict)
+    prompt_hashes: dict[str, str] = field(default_factory=dict)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str | None:
@@ -71,14 +97,24 @@ def _git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def provenance(dataset: BeirDataset, *, command: str | None = None) -> Provenance:
+def provenance(dataset: BeirDataset, *, command: str | None = None,
+               models: dict[str, str] | None = None,
+               configuration: dict[str, Any] | None = None) -> Provenance:
     """The provenance of an evaluation of ``dataset`` run now from this checkout."""
     return Provenance(
         dataset=dataset.name, dataset_path=str(dataset.path), split=dataset.split,
         dataset_sha256=dataset.sha256, corpus_documents=dataset.corpus_size,
         git_commit=git_commit(), created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
-        command=command, machine=machine(),
+        command=command, machine=machine(), models=dict(models or {}),
+        configuration=dict(configuration or {}), prompt_hashes=prompt_hashes(),
     )
+
+
+def prompt_hashes() -> dict[str, str]:
+    """``{prompt name: sha256}`` of the prompt templates in this checkout."""
+    from core.prompts import PromptLibrary
+
+    return PromptLibrary.load().hashes()
 
 
 def machine() -> str:
@@ -104,19 +140,61 @@ def compare_modes(result: RetrievalResult, *, n_resamples: int = 10000) -> list[
     return rows
 
 
-def report_data(result: RetrievalResult, info: Provenance) -> dict[str, Any]:
-    """Everything in the report as JSON-ready data, per-query values included."""
+def report_data(result: RetrievalResult, info: Provenance,
+                dataset: BeirDataset | None = None) -> dict[str, Any]:
+    """Everything in the report as JSON-ready data, per-query values included.
+
+    With the ``dataset``, each mode also gets MAP and a recall@k curve computed
+    from its rankings, and the report a per-query drill-down (query text,
+    judged documents, each mode's top hits).
+    """
+    modes = [_mode_data(m) for m in result.modes]
+    if dataset is not None:
+        for mode, data in zip(result.modes, modes, strict=True):
+            _add_ranking_metrics(mode, data, dataset)
     return {
         "kind": "retrieval",
         "provenance": asdict(info),
         "setup": _setup(result),
         "query_embedding_ms": {"p50": _p(result.embed_ms, 50), "p95": _p(result.embed_ms, 95)},
-        "modes": [_mode_data(m) for m in result.modes],
+        "modes": modes,
         "comparisons": compare_modes(result),
-        "published_references": [
-            {**asdict(ref), "measured": False} for ref in PUBLISHED.get(info.dataset, ())
-        ],
+        "published_references": published_references(info.dataset),
+        "drilldown": drilldown(result, dataset) if dataset is not None else [],
     }
+
+
+RECALL_CURVE_KS = (1, 2, 3, 5, 10, 20, 50, 100)
+DRILLDOWN_HITS = 10
+
+
+def _add_ranking_metrics(mode: ModeResult, data: dict[str, Any], dataset: BeirDataset) -> None:
+    from eval.compare import mean_cis
+    from eval.metrics import evaluate, mean
+
+    if mode.rankings:
+        run = {q: {doc: -i for i, doc in enumerate(docs)} for q, docs in mode.rankings.items()}
+        if "map" not in mode.per_query:
+            per_map = evaluate(run, dataset.qrels, ["map"])["map"]
+            data["per_query"] = {**data["per_query"], "map": per_map}
+            data["metrics"] = {**data["metrics"], "map": mean(per_map)}
+        curve = evaluate(run, dataset.qrels, [f"recall@{k}" for k in RECALL_CURVE_KS])
+        data["recall_curve"] = {str(k): mean(curve[f"recall@{k}"]) for k in RECALL_CURVE_KS}
+    data["ci95"] = mean_cis(data["per_query"])
+
+
+def drilldown(result: RetrievalResult, dataset: BeirDataset) -> list[dict[str, Any]]:
+    """Per query: its text, judged documents and each mode's top hits (relevant ones marked)."""
+    rows = []
+    for qid, judged in dataset.qrels.items():
+        relevant = sorted((d for d, g in judged.items() if g >= 1), key=lambda d: -judged[d])
+        hits = {m.mode: [{"doc": d, "grade": judged.get(d, 0)}
+                         for d in m.rankings.get(qid, [])[:DRILLDOWN_HITS]] for m in result.modes}
+        scores = {m.mode: {k: v[qid] for k, v in m.per_query.items() if qid in v}
+                  for m in result.modes}
+        rows.append({"id": qid, "query": dataset.queries.get(qid, ""), "relevant": relevant,
+                     "grades": {d: judged[d] for d in relevant}, "hits": hits, "scores": scores})
+    return rows
 
 
 def _setup(result: RetrievalResult) -> dict[str, Any]:
@@ -141,7 +219,7 @@ def render_markdown(result: RetrievalResult, info: Provenance) -> str:
     """A human-readable report: provenance, results table, comparisons, published references."""
     lines = [f"# Retrieval on {info.dataset} ({info.split}, {result.queries} queries)", ""]
     lines += _provenance_lines(result, info)
-    lines += ["", "## Measured", ""] + _results_table(result)
+    lines += ["", "## Measured", ""] + _results_table(result, info.dataset)
     lines += ["", f"Search latency is the store call alone (query already embedded), after one "
               f"untimed warm-up query per mode. Query embedding: p50 "
               f"{_p(result.embed_ms, 50):.1f} ms, p95 {_p(result.embed_ms, 95):.1f} ms. "
@@ -165,16 +243,31 @@ def _provenance_lines(result: RetrievalResult, info: Provenance) -> list[str]:
     ]
     if info.command:
         rows.append(("command", f"`{info.command}`"))
+    if info.models:
+        rows.append(("models", ", ".join(f"{k}: {v}" for k, v in info.models.items())))
+    if info.configuration:
+        rows.append(("configuration", f"`{json.dumps(info.configuration, sort_keys=True)}`"))
+    if info.prompt_hashes:
+        rows.append(("prompt sha256", ", ".join(f"{k} `{v[:12]}`"
+                                                for k, v in sorted(info.prompt_hashes.items()))))
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
 
-def _results_table(result: RetrievalResult) -> list[str]:
+def _results_table(result: RetrievalResult, dataset: str = "") -> list[str]:
     metrics = list(result.modes[0].metrics) if result.modes else []
     head = ["mode", *metrics, "search p50 ms", "search p95 ms", "docs/query"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in result.modes:
         cells = [m.mode, *[f"{m.metrics[k]:.4f}" for k in metrics], f"{m.p50_ms:.1f}",
                  f"{m.p95_ms:.1f}", f"{m.docs_per_query:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    by_system: dict[str, dict[str, float]] = {}
+    for ref in PUBLISHED.get(dataset, ()):
+        if ref.metric in metrics:
+            by_system.setdefault(ref.system, {})[ref.metric] = ref.value
+    for system, values in by_system.items():  # beside ours, never mixed with them
+        cells = [f"*{system}, published*", *[f"*{values[k]:.3f}*" if k in values else "–"
+                                            for k in metrics], "–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -199,10 +292,19 @@ def _published_lines(dataset: str) -> list[str]:
                       f"(published, {r.source}; not measured by this run)" for r in refs]]
 
 
-def write_reports(result: RetrievalResult, info: Provenance, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``retrieval.md`` and ``retrieval.json`` into ``out_dir`` (created if needed)."""
+def write_reports(result: RetrievalResult, info: Provenance, out_dir: Path,
+                  dataset: BeirDataset | None = None) -> tuple[Path, Path]:
+    """Write ``retrieval.md``, ``retrieval.json`` and ``retrieval.html`` into ``out_dir``.
+
+    Returns:
+        The Markdown and JSON paths (the HTML page lies beside them).
+    """
+    from eval.html import write_html
+
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, data = out_dir / "retrieval.md", out_dir / "retrieval.json"
+    report = report_data(result, info, dataset)
     markdown.write_text(render_markdown(result, info), encoding="utf-8")
-    data.write_text(json.dumps(report_data(result, info), indent=2) + "\n", encoding="utf-8")
+    data.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_html(report, out_dir / "retrieval.html")
     return markdown, data

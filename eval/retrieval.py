@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 from core.types import ScoredChunk
-from eval.metrics import evaluate, means
+from eval.metrics import evaluate, means, rank
 
 RetrievalMode = Literal["dense-float32", "dense-binary-rescore"]
 STORE_MODES: dict[str, str] = {"dense-float32": "float", "dense-binary-rescore": "binary-rescore"}
 """Harness mode name -> ``mode`` argument of ``PgvectorStore.search_dense``."""
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+RANKING_DEPTH = 100
+"""Documents per query kept in :attr:`ModeResult.rankings`."""
 HNSW_EF_SEARCH_MAX = 1000
 """pgvector refuses ``hnsw.ef_search`` above this, and the store sets it to depth x oversample."""
 
@@ -54,6 +56,8 @@ class ModeResult:
     per_query: dict[str, dict[str, float]]
     search_ms: dict[str, float]
     docs_per_query: float
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    """Each query's document ids, best first, cut at :data:`RANKING_DEPTH` (drill-down, recall curves)."""
 
     @property
     def p50_ms(self) -> float:
@@ -196,7 +200,8 @@ def _run_mode(
     per_query = evaluate(run, qrels, metrics)
     docs = float(np.mean([len(r) for r in run.values()])) if run else 0.0
     return ModeResult(mode=mode, metrics=means(per_query), per_query=per_query,
-                      search_ms=elapsed, docs_per_query=docs)
+                      search_ms=elapsed, docs_per_query=docs,
+                      rankings={qid: rank(scores)[:RANKING_DEPTH] for qid, scores in run.items()})
 
 
 def best_chunk_per_document(hits: Sequence[ScoredChunk]) -> dict[str, float]:
