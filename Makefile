@@ -41,7 +41,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint clean vllm-env vllm-model chromium chromium
+.PHONY: install run test lint clean vllm-env vllm-model chromium
 
 install: $(STAMP)
 
