@@ -109,6 +109,13 @@ class IngestFormat(StrEnum):
     beir = "beir"
 
 
+class IngestEngine(StrEnum):
+    """Where ``verity ingest`` loads, splits and embeds."""
+
+    local = "local"
+    ray = "ray"
+
+
 class LogFormatChoice(StrEnum):
     auto = "auto"
     json = "json"
@@ -140,6 +147,12 @@ def ingest(
     meta: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE metadata for every document (repeatable; sidecar values win)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    engine: Annotated[IngestEngine, typer.Option(
+        help="local: threads in this process; ray: load, split and embed on Ray Data (a local "
+             "cluster, or the one RAY_ADDRESS names); both write through the same code")
+    ] = IngestEngine.local,
+    ray_workers: Annotated[int, typer.Option(
+        min=1, help="with --engine ray: embedding actors, each holding the model")] = 1,
     progress_every: Annotated[float, typer.Option(
         "--progress-every", min=0, help="off a terminal: seconds between progress log lines "
                                         "(a terminal gets a progress bar)")] = 5.0,
@@ -165,13 +178,19 @@ def ingest(
                                   embedder=SentenceTransformerEmbedder(settings.embedder),
                                   chunking=settings.chunking)
         if fmt is IngestFormat.beir:
-            report = _with_progress(functools.partial(
-                pipeline.ingest_documents, _beir_documents(paths, pipeline.fingerprint),
-                collection=name, attributes=attributes),
-                total=_beir_size(paths), every_s=progress_every)
+            run = (functools.partial(pipeline.ingest_documents,
+                                     _beir_documents(paths, pipeline.fingerprint))
+                   if engine is IngestEngine.local else
+                   functools.partial(_ray_engine().ingest_beir, pipeline, paths,
+                                     options=_ray_engine().RayOptions(workers=ray_workers)))
+            report = _with_progress(functools.partial(run, collection=name, attributes=attributes),
+                                    total=_beir_size(paths), every_s=progress_every)
         else:
+            run = (pipeline.run if engine is IngestEngine.local else functools.partial(
+                _ray_engine().ingest_files, pipeline,
+                options=_ray_engine().RayOptions(workers=ray_workers)))
             report = _with_progress(functools.partial(
-                pipeline.run, paths, collection=name, sync=sync, include=include or [],
+                run, paths, collection=name, sync=sync, include=include or [],
                 exclude=exclude or [], attributes=attributes),
                 total=len(discover(paths, include=include or [], exclude=exclude or [])[0]),
                 every_s=progress_every)
@@ -180,6 +199,13 @@ def ingest(
     typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _ray_engine() -> Any:
+    """``ingest.ray_engine``, which imports Ray only when it runs."""
+    from ingest import ray_engine
+
+    return ray_engine
 
 
 def _attributes(groups: list[str], meta: list[str]) -> DocumentAttributes:

@@ -68,6 +68,10 @@ class SentenceTransformerEmbedder:
             self._model = model
 
     @property
+    def settings(self) -> EmbedderSettings:
+        return self._settings
+
+    @property
     def precision(self) -> str:
         """The precision the forward pass runs in: ``float32`` or ``bfloat16``."""
         self.warm_up()

@@ -160,7 +160,7 @@ class IngestPipeline:
         self.ingest_documents(self._load(files, report), collection=collection, report=report,
                               attributes=attributes, progress=progress)
         if sync and not problems:
-            self._remove_missing(collection, {f.source for f in files}, report)
+            self.remove_missing(collection, {f.source for f in files}, report)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -219,12 +219,12 @@ class IngestPipeline:
                 _put(handoff, None, stopped=writing.done)
                 writing.result()
 
-    def _embed_batches(self, prepared: Iterable[_Pending | None]) -> Iterator[EmbeddedBatch]:
+    def _embed_batches(self, prepared: Iterable[SplitDocument | None]) -> Iterator[EmbeddedBatch]:
         """Batches of whole documents with their chunk vectors, read ahead in a thread."""
         with contextlib.closing(_read_ahead(_batches(prepared, self.batch_chunks))) as ready:
             yield from self._embed_each(ready)
 
-    def _embed_each(self, ready: Iterable[list[_Pending]]) -> Iterator[EmbeddedBatch]:
+    def _embed_each(self, ready: Iterable[list[SplitDocument]]) -> Iterator[EmbeddedBatch]:
         for pending in ready:
             texts = [embedding_text(c, title=p.document.title) for p in pending for c in p.chunks]
             vectors = self.embedder.embed_documents(texts)
@@ -236,7 +236,7 @@ class IngestPipeline:
             yield batch
 
     def _prepare(self, document: Document, *, collection: str, report: IngestReport,
-                 progress: Progress | None) -> _Pending | None:
+                 progress: Progress | None) -> SplitDocument | None:
         """The document split into chunks, or None when it is unchanged or has no text."""
         stored = self.store.document_hash(collection=collection, source=document.source)
         if stored == document.content_hash:
@@ -249,7 +249,7 @@ class IngestPipeline:
         if not chunks:
             report.failed.append((document.source, "no text found"))
             return None
-        return _Pending(document, stored is None, chunks)
+        return SplitDocument(document, stored is None, chunks)
 
     def _load(self, files: Sequence[SourceFile], report: IngestReport) -> Iterator[Document]:
         for file in files:
@@ -276,7 +276,8 @@ class IngestPipeline:
                 if progress:
                     progress(p.document.source, report.chunks_written)
 
-    def _remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
+    def remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
+        """Delete the collection's documents whose source is not in ``present`` (``--sync``)."""
         for source in self.store.list_sources(collection=collection):
             if source not in present and self.store.delete_document(collection=collection,
                                                                      source=source):
@@ -284,21 +285,23 @@ class IngestPipeline:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class SplitDocument:
+    """A document cut into chunks, ready to embed; ``new`` if no version of it is stored yet."""
+
     document: Document
     new: bool
     chunks: list[Chunk]
 
 
-EmbeddedBatch = list[tuple[_Pending, np.ndarray]]
+EmbeddedBatch = list[tuple[SplitDocument, np.ndarray]]
 """Whole documents with their chunks' vectors, in document order."""
 
 T = TypeVar("T")
 
 
-def _batches(prepared: Iterable[_Pending | None], size: int) -> Iterator[list[_Pending]]:
+def _batches(prepared: Iterable[SplitDocument | None], size: int) -> Iterator[list[SplitDocument]]:
     """Documents grouped until they hold at least ``size`` chunks; a document is never split."""
-    batch: list[_Pending] = []
+    batch: list[SplitDocument] = []
     chunks = 0
     for item in prepared:
         if item is None:
