@@ -16,6 +16,7 @@ readable by its workers); otherwise a local one is started for the run.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -156,7 +157,6 @@ def _start_ray(options: RayOptions) -> tuple[Any, bool]:
         raise ConfigError(INSTALL_HINT) from e
     started_here = not ray.is_initialized()
     if started_here:
-        import logging
         import os
 
         local = not os.environ.get("RAY_ADDRESS")
@@ -166,6 +166,7 @@ def _start_ray(options: RayOptions) -> tuple[Any, bool]:
                  log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": code}} if local else None)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per dataset run
     return ray, started_here
 
 
