@@ -217,7 +217,12 @@ class IngestPipeline:
                         break  # the writer failed; its error is raised below
             finally:
                 _put(handoff, None, stopped=writing.done)
-                writing.result()
+                try:
+                    writing.result()
+                finally:
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()  # stops the threads reading ahead of it
 
     def _embed_batches(self, prepared: Iterable[SplitDocument | None]) -> Iterator[EmbeddedBatch]:
         """Batches of whole documents with their chunk vectors, read ahead in a thread."""

@@ -7,16 +7,20 @@ import shutil
 import struct
 import subprocess
 import termios
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, LiteralString
 
 import pytest
 
 from core.embedders import SentenceTransformerEmbedder
+from core.errors import LoaderError
 from core.settings import ChunkingSettings, StoreSettings
 from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
+from core.types import Document, Section
 from ingest.attributes import DocumentAttributes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline, discover
@@ -384,3 +388,23 @@ def test_ingest_killed_midway_resumes_to_the_rows_of_a_clean_run(
     assert rows == expected
     assert partial < rows
     assert processes_using(killed) == [] and processes_using(clean) == []
+
+
+def test_a_failing_document_stream_raises_and_leaves_no_thread_behind(
+    pipeline: IngestPipeline, store: PgvectorStore, collection: str,
+) -> None:
+    def documents() -> Iterator[Document]:
+        yield Document(source="a", title="A", sections=(Section(text="Payroll runs monthly."),),
+                       content_hash="h-a")
+        raise LoaderError("line 2 is not valid JSON; fix or remove that line")
+
+    with pytest.raises(LoaderError, match="line 2"):
+        pipeline.ingest_documents(documents(), collection=collection)
+    time.sleep(0.5)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("verity-ingest")]
+    # The failure came before the batch holding "a" was embedded: nothing half-done is stored.
+    assert _count(store, collection) == (0, 0)
+    report = pipeline.ingest_documents(iter([Document(
+        source="a", title="A", sections=(Section(text="Payroll runs monthly."),), content_hash="h-a")]),
+        collection=collection)
+    assert report.added == ["a"] and _count(store, collection) == (1, 1)
