@@ -109,6 +109,13 @@ class IngestFormat(StrEnum):
     beir = "beir"
 
 
+class IngestEngine(StrEnum):
+    """Where ``verity ingest`` loads, splits and embeds."""
+
+    local = "local"
+    ray = "ray"
+
+
 class LogFormatChoice(StrEnum):
     auto = "auto"
     json = "json"
@@ -140,6 +147,15 @@ def ingest(
     meta: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE metadata for every document (repeatable; sidecar values win)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+    engine: Annotated[IngestEngine, typer.Option(
+        help="local: threads in this process; ray: load, split and embed on Ray Data (a local "
+             "cluster, or the one RAY_ADDRESS names); both write through the same code")
+    ] = IngestEngine.local,
+    ray_workers: Annotated[int, typer.Option(
+        min=1, help="with --engine ray: embedding actors, each holding the model")] = 1,
+    progress_every: Annotated[float, typer.Option(
+        "--progress-every", min=0, help="off a terminal: seconds between progress log lines "
+                                        "(a terminal gets a progress bar)")] = 5.0,
 ) -> None:
     """Load, split, embed and store documents. Unchanged files are skipped.
 
@@ -148,7 +164,7 @@ def ingest(
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
-    from ingest.pipeline import IngestPipeline
+    from ingest.pipeline import IngestPipeline, discover
 
     _logging(logging.WARNING)
     if fmt is IngestFormat.beir and (sync or include or exclude):
@@ -162,18 +178,34 @@ def ingest(
                                   embedder=SentenceTransformerEmbedder(settings.embedder),
                                   chunking=settings.chunking)
         if fmt is IngestFormat.beir:
-            report = _with_progress(functools.partial(
-                pipeline.ingest_documents, _beir_documents(paths, pipeline.fingerprint),
-                collection=name, attributes=attributes))
+            run = (functools.partial(pipeline.ingest_documents,
+                                     _beir_documents(paths, pipeline.fingerprint))
+                   if engine is IngestEngine.local else
+                   functools.partial(_ray_engine().ingest_beir, pipeline, paths,
+                                     options=_ray_engine().RayOptions(workers=ray_workers)))
+            report = _with_progress(functools.partial(run, collection=name, attributes=attributes),
+                                    total=_beir_size(paths), every_s=progress_every)
         else:
+            run = (pipeline.run if engine is IngestEngine.local else functools.partial(
+                _ray_engine().ingest_files, pipeline,
+                options=_ray_engine().RayOptions(workers=ray_workers)))
             report = _with_progress(functools.partial(
-                pipeline.run, paths, collection=name, sync=sync, include=include or [],
-                exclude=exclude or [], attributes=attributes))
+                run, paths, collection=name, sync=sync, include=include or [],
+                exclude=exclude or [], attributes=attributes),
+                total=len(discover(paths, include=include or [], exclude=exclude or [])[0]),
+                every_s=progress_every)
     for source, reason in report.failed:
         typer.echo(f"failed: {source}: {reason}", err=True)
     typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _ray_engine() -> Any:
+    """``ingest.ray_engine``, which imports Ray only when it runs."""
+    from ingest import ray_engine
+
+    return ray_engine
 
 
 def _attributes(groups: list[str], meta: list[str]) -> DocumentAttributes:
@@ -200,15 +232,40 @@ def _beir_documents(paths: list[Path], fingerprint: str) -> Iterator[Document]:
         yield from load_beir_corpus(path, fingerprint=fingerprint)
 
 
-def _with_progress(run: Callable[..., Any]) -> Any:
-    """Call ``run(progress=...)`` with a progress bar on stderr when it is a terminal."""
+def _beir_size(paths: list[Path]) -> int | None:
+    """How many records the BEIR corpora hold (non-empty lines), or None if one is unreadable."""
+    from ingest.beir import CORPUS_FILE
+
+    total = 0
+    for path in paths:
+        corpus = path / CORPUS_FILE if path.is_dir() else path
+        try:
+            with corpus.open("rb") as f:
+                total += sum(1 for line in f if line.strip())
+        except OSError:
+            return None
+    return total
+
+
+def _with_progress(run: Callable[..., Any], *, total: int | None, every_s: float) -> Any:
+    """Call ``run(progress=...)``: a progress bar on a terminal, plain log lines otherwise."""
     from tqdm import tqdm
 
-    bar = tqdm(desc="ingest", unit="doc", disable=not sys.stderr.isatty(), file=sys.stderr)
+    from ingest.progress import ProgressLog
+
+    if not sys.stderr.isatty():
+        lines = ProgressLog(total=total, stream=sys.stderr, every_s=every_s)
+        try:
+            return run(progress=lines.update)
+        finally:
+            lines.close()
+    bar = tqdm(desc="ingest", unit="doc", total=total, file=sys.stderr)
 
     def progress(source: str, chunks: int) -> None:
         bar.update(1)
-        bar.set_postfix(chunks=chunks)
+        elapsed = bar.format_dict.get("elapsed") or 0.0
+        rate = f"{chunks / elapsed:.1f}" if elapsed else "?"
+        bar.set_postfix_str(f"{chunks:,} chunks, {rate} chunks/s", refresh=False)
 
     try:
         return run(progress=progress)

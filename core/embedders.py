@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,10 @@ class SentenceTransformerEmbedder:
     """The ``Embedder`` protocol over a sentence-transformers model.
 
     The constructor is cheap; the model loads on first use or in :meth:`warm_up`.
+    The weights stay float32; with ``precision`` bfloat16 (by default where the
+    hardware computes it natively) the forward pass runs under autocast, which
+    roughly halves the time per batch on CPUs with AMX. The vectors differ from
+    float32 ones by a cosine distance of about 1e-5.
 
     Example:
         >>> embedder = SentenceTransformerEmbedder(EmbedderSettings())
@@ -28,6 +33,7 @@ class SentenceTransformerEmbedder:
         self._settings = settings
         self.name = settings.model.removeprefix("bundled:")
         self._model: Any = None
+        self._bfloat16 = False
         self._lock = threading.Lock()
         self._use = threading.Lock()
 
@@ -51,13 +57,25 @@ class SentenceTransformerEmbedder:
                 # The splitter measures whole sections with this tokenizer before cutting them
                 # to size; transformers warns about every one longer than the model's limit.
                 hf_logging.set_verbosity_error()
-                self._model = SentenceTransformer(path, device=self._settings.device)
+                model = SentenceTransformer(path, device=self._settings.device)
             except Exception as e:
                 raise EmbedderError(
                     f"could not load embedding model {self._settings.model!r} "
                     f"({type(e).__name__}); set VERITY_EMBEDDER__MODEL to a local path or a "
                     "Hugging Face id reachable from here"
                 ) from e
+            self._bfloat16 = use_bfloat16(self._settings.precision, device=str(model.device))
+            self._model = model
+
+    @property
+    def settings(self) -> EmbedderSettings:
+        return self._settings
+
+    @property
+    def precision(self) -> str:
+        """The precision the forward pass runs in: ``float32`` or ``bfloat16``."""
+        self.warm_up()
+        return "bfloat16" if self._bfloat16 else "float32"
 
     @property
     def loaded(self) -> bool:
@@ -102,7 +120,7 @@ class SentenceTransformerEmbedder:
         try:
             # Fast tokenizers are not thread-safe ("Already borrowed"): one encode at a time.
             # Each call already uses every core through torch's intra-op threads.
-            with self._use:
+            with self._use, self._autocast(model):
                 vectors = model.encode(
                     texts,
                     batch_size=self._settings.batch_size,
@@ -113,3 +131,32 @@ class SentenceTransformerEmbedder:
         except Exception as e:
             raise EmbedderError(f"embedding failed: {type(e).__name__}: {e}") from e
         return np.asarray(vectors, dtype=np.float32)
+
+    @contextlib.contextmanager
+    def _autocast(self, model: Any) -> Iterator[None]:
+        if not self._bfloat16:
+            yield
+            return
+        import torch
+
+        with torch.autocast(model.device.type, dtype=torch.bfloat16):
+            yield
+
+
+def use_bfloat16(precision: str, *, device: str) -> bool:
+    """Whether the forward pass should run in bfloat16 (``precision`` is a settings value).
+
+    ``auto`` picks bfloat16 only where the hardware computes it natively: a CPU
+    with AMX or AVX512-BF16, or a CUDA device that supports it. Elsewhere
+    bfloat16 is emulated and slower than float32.
+    """
+    if precision != "auto":
+        return precision == "bfloat16"
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    if device.startswith("cpu"):
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False

@@ -49,8 +49,13 @@ class EmbedderSettings(BaseModel):
     """A sentence-transformers model: the bundled one, a Hugging Face id or a local path."""
 
     model: str = BUNDLED_EMBEDDER
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="texts per forward pass")
     device: str | None = Field(default=None, description="cpu, cuda, ...; unset = auto")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="compute precision of the forward pass (weights stay float32); auto = bfloat16 "
+                    "on CPUs with native bfloat16 (AMX or AVX512-BF16) and on CUDA, else float32",
+    )
 
 
 class ChunkingSettings(BaseModel):

@@ -38,7 +38,7 @@ def load_beir_corpus(path: Path, *, fingerprint: str) -> Iterator[Document]:
     try:
         with corpus.open(encoding="utf-8-sig") as lines:
             for number, record in json_lines(lines):
-                yield _document(record, number=number, fingerprint=fingerprint)
+                yield beir_document(record, number=number, fingerprint=fingerprint)
     except FileNotFoundError as e:
         raise LoaderError(f"no BEIR corpus at {corpus}; pass a BEIR dataset folder holding "
                           f"{CORPUS_FILE}, or the file itself") from e
@@ -48,7 +48,12 @@ def load_beir_corpus(path: Path, *, fingerprint: str) -> Iterator[Document]:
         raise LoaderError(f"{corpus}: {e}") from e
 
 
-def _document(record: Any, *, number: int, fingerprint: str) -> Document:
+def beir_document(record: Any, *, number: int, fingerprint: str) -> Document:
+    """One corpus record (parsed JSON) as a Document; ``number`` is its line, for messages.
+
+    Raises:
+        LoaderError: the record has no ``_id``.
+    """
     if not isinstance(record, dict) or not str(record.get("_id", "")).strip():
         raise LoaderError(f'line {number} is not a BEIR record with an "_id"; fix or remove it')
     title, text = str(record.get("title") or ""), str(record.get("text") or "")

@@ -8,12 +8,20 @@ any point and started again ends with exactly the rows a clean run gives.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import fnmatch
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
 
 from core.embedders import SentenceTransformerEmbedder
 from core.errors import LoaderError, RagError
@@ -117,7 +125,7 @@ class IngestPipeline:
         self.embedder = embedder
         self.chunking = chunking
         self._splitter: TokenSplitter | None = None
-        self.batch_chunks = 256
+        self.batch_chunks = 512
 
     @property
     def fingerprint(self) -> str:
@@ -128,7 +136,9 @@ class IngestPipeline:
     @property
     def splitter(self) -> TokenSplitter:
         if self._splitter is None:
-            self._splitter = TokenSplitter(self.embedder.tokenizer,
+            # A copy: the splitter runs in a thread beside the embedder, and a fast tokenizer
+            # must not be used by two threads at once ("Already borrowed").
+            self._splitter = TokenSplitter(copy.deepcopy(self.embedder.tokenizer),
                                            chunk_tokens=self.chunking.chunk_tokens,
                                            overlap_tokens=self.chunking.overlap_tokens)
         return self._splitter
@@ -150,7 +160,7 @@ class IngestPipeline:
         self.ingest_documents(self._load(files, report), collection=collection, report=report,
                               attributes=attributes, progress=progress)
         if sync and not problems:
-            self._remove_missing(collection, {f.source for f in files}, report)
+            self.remove_missing(collection, {f.source for f in files}, report)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -164,34 +174,74 @@ class IngestPipeline:
         ``attributes`` are merged into every document (its own metadata keys
         win, groups are unioned) and its content hash then covers them, so a
         change of metadata or groups rewrites the document. Chunks of several
-        documents are embedded together in batches of about ``batch_chunks``,
-        then each document is written in its own transaction.
+        documents are embedded together in batches of about ``batch_chunks``
+        (the embedder sorts each batch by length, so little is padded), then
+        each document is written in its own transaction.
+
+        Three stages overlap: a thread reads, hashes and splits documents, the
+        calling thread embeds, and another thread writes (binary COPY). The
+        queues between them are short, so memory stays bounded.
 
         Raises:
             LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
-                say); the documents flushed before it stay written.
+                say); the batches embedded before it stay written.
+            EmbedderError: embedding failed; the batches embedded before it stay written.
         """
         started = time.perf_counter()
         report = report or IngestReport(collection=collection)
-        run_attributes = attributes or DocumentAttributes()
         self.store.ensure_collection(collection, embed_model=self.embedder.name,
                                      embed_dim=self.embedder.dim)
-        pending: list[_Pending] = []
-        for loaded in documents:
-            item = self._prepare(apply_attributes(loaded, run_attributes), collection=collection,
-                                 report=report, progress=progress)
-            if item is None:
-                continue
-            pending.append(item)
-            if sum(len(p.chunks) for p in pending) >= self.batch_chunks:
-                self._flush(pending, collection, report, progress)
-                pending = []
-        self._flush(pending, collection, report, progress)
+        prepared = (self._prepare(apply_attributes(d, attributes or DocumentAttributes()),
+                                  collection=collection, report=report, progress=progress)
+                    for d in documents)
+        self.write_batches(self._embed_batches(prepared), collection=collection, report=report,
+                           progress=progress)
         report.seconds += time.perf_counter() - started
         return report
 
+    def write_batches(
+        self, batches: Iterable[EmbeddedBatch], *, collection: str, report: IngestReport,
+        progress: Progress | None = None,
+    ) -> None:
+        """Write embedded batches, one transaction per document, in a thread beside ``batches``.
+
+        The Ray engine feeds this with the batches its workers embedded, so both
+        engines write through the same code.
+        """
+        handoff: queue.Queue[EmbeddedBatch | None] = queue.Queue(maxsize=2)
+        with ThreadPoolExecutor(1, thread_name_prefix="verity-ingest-write") as pool:
+            writing = pool.submit(self._write_from, handoff, collection, report, progress)
+            try:
+                for batch in batches:
+                    if not _put(handoff, batch, stopped=writing.done):
+                        break  # the writer failed; its error is raised below
+            finally:
+                _put(handoff, None, stopped=writing.done)
+                try:
+                    writing.result()
+                finally:
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()  # stops the threads reading ahead of it
+
+    def _embed_batches(self, prepared: Iterable[SplitDocument | None]) -> Iterator[EmbeddedBatch]:
+        """Batches of whole documents with their chunk vectors, read ahead in a thread."""
+        with contextlib.closing(_read_ahead(_batches(prepared, self.batch_chunks))) as ready:
+            yield from self._embed_each(ready)
+
+    def _embed_each(self, ready: Iterable[list[SplitDocument]]) -> Iterator[EmbeddedBatch]:
+        for pending in ready:
+            texts = [embedding_text(c, title=p.document.title) for p in pending for c in p.chunks]
+            vectors = self.embedder.embed_documents(texts)
+            offset = 0
+            batch = []
+            for p in pending:
+                batch.append((p, vectors[offset:offset + len(p.chunks)]))
+                offset += len(p.chunks)
+            yield batch
+
     def _prepare(self, document: Document, *, collection: str, report: IngestReport,
-                 progress: Progress | None) -> _Pending | None:
+                 progress: Progress | None) -> SplitDocument | None:
         """The document split into chunks, or None when it is unchanged or has no text."""
         stored = self.store.document_hash(collection=collection, source=document.source)
         if stored == document.content_hash:
@@ -204,7 +254,7 @@ class IngestPipeline:
         if not chunks:
             report.failed.append((document.source, "no text found"))
             return None
-        return _Pending(document, stored is None, chunks)
+        return SplitDocument(document, stored is None, chunks)
 
     def _load(self, files: Sequence[SourceFile], report: IngestReport) -> Iterator[Document]:
         for file in files:
@@ -216,26 +266,23 @@ class IngestPipeline:
                 report.failed.append((file.source, str(e)))
                 log.warning("skipped %s: %s", file.source, e)
 
-    def _flush(self, pending: list[_Pending], collection: str, report: IngestReport,
-               progress: Progress | None) -> None:
-        texts = [embedding_text(c, title=p.document.title) for p in pending for c in p.chunks]
-        vectors = self.embedder.embed_documents(texts)
-        offset = 0
-        for p in pending:
-            part = vectors[offset:offset + len(p.chunks)]
-            offset += len(p.chunks)
-            try:
-                self.store.write_document(collection=collection, document=p.document,
-                                          chunks=p.chunks, embeddings=part)
-            except RagError as e:
-                report.failed.append((p.document.source, str(e)))
-                continue
-            (report.added if p.new else report.updated).append(p.document.source)
-            report.chunks_written += len(p.chunks)
-            if progress:
-                progress(p.document.source, report.chunks_written)
+    def _write_from(self, handoff: queue.Queue[EmbeddedBatch | None], collection: str,
+                    report: IngestReport, progress: Progress | None) -> None:
+        while (batch := handoff.get()) is not None:
+            for p, vectors in batch:
+                try:
+                    self.store.write_document(collection=collection, document=p.document,
+                                              chunks=p.chunks, embeddings=vectors)
+                except RagError as e:
+                    report.failed.append((p.document.source, str(e)))
+                    continue
+                (report.added if p.new else report.updated).append(p.document.source)
+                report.chunks_written += len(p.chunks)
+                if progress:
+                    progress(p.document.source, report.chunks_written)
 
-    def _remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
+    def remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
+        """Delete the collection's documents whose source is not in ``present`` (``--sync``)."""
         for source in self.store.list_sources(collection=collection):
             if source not in present and self.store.delete_document(collection=collection,
                                                                      source=source):
@@ -243,7 +290,76 @@ class IngestPipeline:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class SplitDocument:
+    """A document cut into chunks, ready to embed; ``new`` if no version of it is stored yet."""
+
     document: Document
     new: bool
     chunks: list[Chunk]
+
+
+EmbeddedBatch = list[tuple[SplitDocument, np.ndarray]]
+"""Whole documents with their chunks' vectors, in document order."""
+
+T = TypeVar("T")
+
+
+def _batches(prepared: Iterable[SplitDocument | None], size: int) -> Iterator[list[SplitDocument]]:
+    """Documents grouped until they hold at least ``size`` chunks; a document is never split."""
+    batch: list[SplitDocument] = []
+    chunks = 0
+    for item in prepared:
+        if item is None:
+            continue
+        batch.append(item)
+        chunks += len(item.chunks)
+        if chunks >= size:
+            yield batch
+            batch, chunks = [], 0
+    if batch:
+        yield batch
+
+
+def _read_ahead(items: Iterable[T], *, depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer.
+
+    An exception raised while producing is raised here after the items before
+    it. When the consumer stops early, the producer stops at its next item.
+    """
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not _put(handoff, (True, item), stopped=stop.is_set):
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            _put(handoff, (False, e), stopped=stop.is_set)
+            return
+        _put(handoff, (False, None), stopped=stop.is_set)
+
+    thread = threading.Thread(target=produce, name="verity-ingest-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = handoff.get()
+            if not ok:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(handoff: queue.Queue[Any], item: Any, *, stopped: Callable[[], bool]) -> bool:
+    """Put ``item`` unless ``stopped()`` turns true first (the other side is gone); whether it was put."""
+    while not stopped():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False

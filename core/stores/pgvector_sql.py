@@ -62,6 +62,11 @@ WHERE c.id = d.collection_id AND c.tenant = %(tenant)s AND c.name = %(collection
   AND d.source = %(source)s
 """
 
+LIST_DOCUMENT_HASHES = """
+SELECT d.source, d.content_hash FROM documents d JOIN collections c ON c.id = d.collection_id
+WHERE c.tenant = %(tenant)s AND c.name = %(collection)s
+"""
+
 LIST_SOURCES = """
 SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id
 WHERE c.tenant = %(tenant)s AND c.name = %(collection)s ORDER BY d.source

@@ -80,6 +80,14 @@ class PgvectorStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
+    def document_hashes(self, *, collection: str) -> dict[str, str]:
+        """Every stored document's content hash by source (empty for an unknown collection)."""
+        with self._db.pool.connection() as conn:
+            rows = conn.execute(
+                q.LIST_DOCUMENT_HASHES, {"tenant": self.tenant, "collection": collection}
+            ).fetchall()
+        return {str(source): str(digest) for source, digest in rows}
+
     def write_document(
         self,
         *,

@@ -1,16 +1,26 @@
+import fcntl
 import json
+import os
+import pty
+import re
 import shutil
+import struct
 import subprocess
+import termios
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, LiteralString
 
 import pytest
 
 from core.embedders import SentenceTransformerEmbedder
+from core.errors import LoaderError
 from core.settings import ChunkingSettings, StoreSettings
 from core.stores.database import Database
 from core.stores.pgvector_store import PgvectorStore
+from core.types import Document, Section
 from ingest.attributes import DocumentAttributes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline, discover
@@ -229,7 +239,60 @@ def test_cli_ingests_beir_with_groups_and_metadata(tmp_path: Path) -> None:
     assert all(d["metadata"] == {"dataset": "mini"} for d in docs.values())
 
 
-N_NOTES = 40
+PROGRESS_LINE = re.compile(r"ingest: (\d+)/3 documents, [\d.]+ docs/s, [\d.]+ chunks/s, ETA \w+")
+
+
+@pytest.mark.slow
+def test_ingest_off_a_terminal_logs_plain_progress_lines(tmp_path: Path) -> None:
+    corpus = _write_beir(tmp_path / "mini-beir", BEIR_RECORDS)
+    result = subprocess.run(
+        VERITY + ["ingest", str(corpus), "--format", "beir", "--progress-every", "0"],
+        env=cli_env(tmp_path / "data"), capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ingest:")]
+    matches = [PROGRESS_LINE.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    # One line per document (--progress-every 0), then the closing line; no bar redraws.
+    assert [int(m[1]) for m in matches if m] == [1, 2, 3, 3]
+    assert "\r" not in result.stderr
+
+
+@pytest.mark.slow
+def test_ingest_on_a_terminal_draws_a_progress_bar(tmp_path: Path) -> None:
+    corpus = _write_beir(tmp_path / "mini-beir", BEIR_RECORDS)
+    reader, terminal = pty.openpty()
+    # A real terminal has a size; a new pty is 0x0, on which tqdm draws nothing.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        proc = subprocess.run(
+            VERITY + ["ingest", str(corpus), "--format", "beir", "--progress-every", "0"],
+            env=cli_env(tmp_path / "data"), stdout=subprocess.PIPE, stderr=terminal, text=True,
+            timeout=300, stdin=subprocess.DEVNULL)
+        os.set_blocking(reader, False)
+        screen = _read_all(reader)
+    finally:
+        os.close(reader)
+        os.close(terminal)
+    assert proc.returncode == 0, screen
+    assert "3/3" in screen and "chunks/s" in screen and "\r" in screen
+    assert "ingest: 3/3 documents" not in screen  # the bar, not log lines
+
+
+def _read_all(fd: int) -> str:
+    parts = []
+    while True:
+        try:
+            part = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not part:
+            break
+        parts.append(part)
+    return b"".join(parts).decode(errors="replace")
+
+
+N_NOTES = 72
 TOPICS = ["payroll", "leave", "security", "hiring", "travel", "pensions", "laptops", "offices"]
 
 # Every chunk as (document id, chunk id, text digest): what a clean run must reproduce.
@@ -244,7 +307,7 @@ WHERE d.chunk_count <> (SELECT count(*) FROM chunks k WHERE k.document_id = d.id
 def _write_notes(root: Path) -> Path:
     """``N_NOTES`` small Markdown notes of 8 one-line sections (8 short chunks) each.
 
-    320 chunks take two embedding batches (a batch closes at 256 chunks), so a
+    576 chunks take two embedding batches (a batch closes at 512 chunks), so a
     run can be caught with some documents written and others not; short
     chunks keep the runs cheap.
     """
@@ -325,3 +388,23 @@ def test_ingest_killed_midway_resumes_to_the_rows_of_a_clean_run(
     assert rows == expected
     assert partial < rows
     assert processes_using(killed) == [] and processes_using(clean) == []
+
+
+def test_a_failing_document_stream_raises_and_leaves_no_thread_behind(
+    pipeline: IngestPipeline, store: PgvectorStore, collection: str,
+) -> None:
+    def documents() -> Iterator[Document]:
+        yield Document(source="a", title="A", sections=(Section(text="Payroll runs monthly."),),
+                       content_hash="h-a")
+        raise LoaderError("line 2 is not valid JSON; fix or remove that line")
+
+    with pytest.raises(LoaderError, match="line 2"):
+        pipeline.ingest_documents(documents(), collection=collection)
+    time.sleep(0.5)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("verity-ingest")]
+    # The failure came before the batch holding "a" was embedded: nothing half-done is stored.
+    assert _count(store, collection) == (0, 0)
+    report = pipeline.ingest_documents(iter([Document(
+        source="a", title="A", sections=(Section(text="Payroll runs monthly."),), content_hash="h-a")]),
+        collection=collection)
+    assert report.added == ["a"] and _count(store, collection) == (1, 1)
