@@ -637,8 +637,10 @@ def eval_retrieval(
     baseline: BaselineOpt = None,
 ) -> None:
     """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports."""
+    from dataclasses import replace
+
     from eval.datasets import load_beir
-    from eval.report import provenance, write_reports
+    from eval.report import machine, provenance, write_reports
 
     _logging(logging.WARNING)
     settings = _settings()
@@ -650,6 +652,11 @@ def eval_retrieval(
     except ValueError as e:
         raise _fail(str(e)) from None
     data = load_beir(dataset, split=split).limited(limit_queries)
+    command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
+    setup = {"configs": {c.name: c.changes() for c in configs}, "depth": depth,
+             "oversample": oversample, "chunking": settings.chunking.model_dump()}
+    # Taken before the run: the commit is that of the code that runs, not of a later checkout.
+    info = provenance(data, command=command, configuration=setup)
     if url:
         result = _remote_retrieval(url, api_key, data, name, configs, depth=depth)
         models = {"target": url}
@@ -657,11 +664,8 @@ def eval_retrieval(
         result = _ingest_and_evaluate(settings, data, name, configs, depth=depth,
                                       oversample=oversample)
         models = {"embedder": result.model}
-    command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
-    setup = {"configs": {c.name: c.changes() for c in configs}, "depth": depth,
-             "oversample": oversample, "chunking": settings.chunking.model_dump()}
-    markdown, report = write_reports(result, provenance(data, command=command, models=models,
-                                                        configuration=setup), out, data)
+    info = replace(info, models=models, machine=machine())
+    markdown, report = write_reports(result, info, out, data)
     for m in result.modes:
         typer.echo(f"{m.mode}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
                    + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms")

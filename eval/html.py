@@ -219,7 +219,7 @@ def _published_rows(report: Mapping[str, Any], metrics: Sequence[str]) -> tuple[
     systems: dict[str, dict[str, float]] = {}
     for ref in report.get("published_references", []):
         systems.setdefault(ref["system"], {})[ref["metric"]] = ref["value"]
-    rows = [[f"{_e(s)} <b>(published)</b>", *[_fmt(v[m]) if m in v else "–" for m in metrics]]
+    rows = [[f"{_e(s)} <b>(published)</b>", *[f"{v[m]:.3f}" if m in v else "–" for m in metrics]]
             for s, v in systems.items() if any(m in v for m in metrics)]
     return rows, ["published"] * len(rows)
 
