@@ -72,6 +72,10 @@ $(STAMP): pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 vllm-env: $(VLLM_STAMP)
 
 $(VLLM_STAMP):
+	# vLLM's CPU build links libnuma; Debian-based CI images running as root get it from apt.
+	@ldconfig -p | grep -q libnuma.so.1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq libnuma1 >/dev/null; } || \
+		echo "libnuma1 is missing and could not be installed: vLLM will not start"
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
