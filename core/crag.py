@@ -47,6 +47,7 @@ class Knowledge:
     order: tuple[str, int] = ("", 0)
     page: int | None = None
     heading: str = ""
+    title: str = ""
 
 
 def grade(best: float, *, upper: float, lower: float) -> CragAction:
@@ -180,18 +181,25 @@ class CorrectiveRag:
             for i, p in enumerate(connector.search(question, query=query, k=k)):
                 found.append(Knowledge(document=f"{connector.name}: {p.title or p.url or i}",
                                        chunk_id=f"{connector.name}-{i}", text=p.text, score=0.0,
-                                       order=(f"~{connector.name}", i)))
+                                       order=(f"~{connector.name}", i), title=p.title))
         trace["corrective_results"] = len(found)
         return found
 
     def _refine(self, qvec: np.ndarray, knowledge: list[Knowledge],
                 trace: dict[str, Any]) -> list[Knowledge]:
-        """Keep the strips relevant to the question, recomposed per source in document order."""
+        """Keep the strips relevant to the question, recomposed per source in document order.
+
+        A strip is scored with its source's title in front (a sentence such as
+        "He was a pianist" names its subject only there). Sources come best
+        first, by their best strip, so the numbering keeps the evaluator's rank
+        order; within a source the kept strips stay in document order.
+        """
         strips = [(k, s) for k in _dedupe(knowledge) for s in split_strips(k.text)]
         trace["strips_total"] = len(strips)
         if not strips:
             return []
-        vectors = self.rag.embedder.embed_documents([s for _, s in strips])
+        vectors = self.rag.embedder.embed_documents(
+            [f"{k.title}. {s}" if k.title else s for k, s in strips])
         scores = vectors @ qvec
         ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
         keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
@@ -202,7 +210,7 @@ class CorrectiveRag:
         refined = [replace(strips[idx[0]][0], text=" ".join(strips[i][1] for i in idx),
                            score=float(max(scores[i] for i in idx)))
                    for idx in by_source.values()]
-        return sorted(refined, key=lambda k: k.order)
+        return sorted(refined, key=lambda k: -k.score)
 
 
 def _known_score(h: ScoredChunk) -> float | None:
@@ -215,7 +223,7 @@ def _known_score(h: ScoredChunk) -> float | None:
 def _from_hit(h: ScoredChunk, score: float) -> Knowledge:
     return Knowledge(document=h.source, chunk_id=h.chunk.id, text=h.chunk.text, score=score,
                      order=(h.chunk.document_id, h.chunk.ordinal), page=h.chunk.page,
-                     heading=h.chunk.heading)
+                     heading=h.chunk.heading, title=h.title)
 
 
 def _dedupe(knowledge: list[Knowledge]) -> list[Knowledge]:
@@ -228,7 +236,7 @@ def _dedupe(knowledge: list[Knowledge]) -> list[Knowledge]:
 
 def _citations(knowledge: Sequence[Knowledge]) -> list[Citation]:
     return [Citation(n=i, document=k.document, chunk_id=k.chunk_id, text=k.text, page=k.page,
-                     heading=k.heading) for i, k in enumerate(knowledge, start=1)]
+                     heading=k.heading, title=k.title) for i, k in enumerate(knowledge, start=1)]
 
 
 def _clean_query(text: str) -> str:
