@@ -71,29 +71,30 @@ def run(
     dataset: QADataset, answerers: Mapping[str, Answerer], *, cache_dir: Path,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, list[Outcome]]:
-    """Answer every example with every configuration, resuming from ``cache_dir``."""
+    """Answer every example with every configuration, resuming from ``cache_dir``.
+
+    Questions are the outer loop: each is answered by every configuration
+    before the next, so a run stopped early still compares all of them on the
+    same questions.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[Outcome]] = {}
-    for config, answer_fn in answerers.items():
-        cache = cache_dir / f"{dataset.name}.{config}.jsonl"
-        done = _read_cache(cache)
-        with cache.open("a", encoding="utf-8") as out:
-            for i, example in enumerate(dataset.examples, start=1):
-                if example.id not in done:
-                    started = time.perf_counter()
-                    answer = answer_fn(example.question)
-                    outcome = score(example, config, answer,
-                                    (time.perf_counter() - started) * 1000)
-                    if answer.status != "generation_unavailable":
-                        # An outage is not an answer: keep it out of the cache, so the
-                        # next run asks again instead of scoring the outage forever.
+    caches = {c: cache_dir / f"{dataset.name}.{c}.jsonl" for c in answerers}
+    done = {c: _read_cache(path) for c, path in caches.items()}
+    for i, example in enumerate(dataset.examples, start=1):
+        for config, answer_fn in answerers.items():
+            if example.id not in done[config]:
+                started = time.perf_counter()
+                answer = answer_fn(example.question)
+                outcome = score(example, config, answer, (time.perf_counter() - started) * 1000)
+                if answer.status != "generation_unavailable":
+                    # An outage is not an answer: keep it out of the cache, so the
+                    # next run asks again instead of scoring the outage forever.
+                    with caches[config].open("a", encoding="utf-8") as out:
                         out.write(json.dumps(asdict(outcome)) + "\n")
-                        out.flush()
-                    done[example.id] = outcome
-                if progress:
-                    progress(config, i, len(dataset.examples))
-        results[config] = [done[e.id] for e in dataset.examples]
-    return results
+                done[config][example.id] = outcome
+            if progress:
+                progress(config, i, len(dataset.examples))
+    return {c: [done[c][e.id] for e in dataset.examples] for c in answerers}
 
 
 def _read_cache(path: Path) -> dict[str, Outcome]:
