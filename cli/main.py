@@ -763,27 +763,44 @@ def eval_calibrate(
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
     target: Annotated[float, typer.Option(min=0.5, max=1.0,
                                           help="precision each region must reach")] = 0.8,
+    abstention: Annotated[bool, typer.Option(
+        help="fit the answerability check (crag.answerable_min) on unanswerable questions "
+             "instead of the evaluator's thresholds")] = False,
+    max_false_abstain: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="with --abstention: share of answerable questions it may abstain on")
+    ] = 0.1,
 ) -> None:
-    """Fit corrective RAG's evaluator thresholds on labelled questions (no generation)."""
-    from core.crag import CorrectiveRag
+    """Fit corrective RAG's evaluator thresholds, or its answerability check, on labelled questions.
+
+    No answer is generated: both fits need only retrieval and the evaluator's scores.
+    """
     from core.runtime import open_runtime
-    from eval.calibrate import fit_thresholds
-    from eval.metrics import contains_answer
     from eval.qa_datasets import load_qa
 
     _logging(logging.WARNING)
     settings = _settings()
     data = load_qa(dataset).limited(limit)
     name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
-    scores, labels = [], []
     with open_runtime(settings, generator=False) as runtime:
         _ingest_passages(runtime, data, name)
-        crag = CorrectiveRag(runtime.rag(), settings.crag)
-        for example in (e for e in data.examples if e.answers):
-            hits = crag.rag.retrieve(example.question, collection=name)
-            _, _, best = crag.evaluate(example.question, hits)
-            scores.append(best)
-            labels.append(any(contains_answer(h.chunk.text, list(example.answers)) for h in hits))
+        if abstention:
+            _calibrate_abstention(runtime, data, name, max_false_abstain)
+        else:
+            _calibrate_evaluator(runtime, data, name, target)
+
+
+def _calibrate_evaluator(runtime: Any, data: Any, name: str, target: float) -> None:
+    from core.crag import CorrectiveRag
+    from eval.calibrate import fit_thresholds
+    from eval.metrics import contains_answer
+
+    scores, labels = [], []
+    crag = CorrectiveRag(runtime.rag(), runtime.settings.crag)
+    for example in (e for e in data.examples if e.answers):
+        hits = crag.rag.retrieve(example.question, collection=name)
+        _, _, best = crag.evaluate(example.question, hits)
+        scores.append(best)
+        labels.append(any(contains_answer(h.chunk.text, list(example.answers)) for h in hits))
     t = fit_thresholds(scores, labels, target=target)
     typer.echo(f"{t.n} questions, {sum(labels)} with the answer in the retrieved chunks")
     typer.echo(f"correct   >= {t.upper}: precision {t.precision_correct}, {t.share_correct:.0%} "
@@ -791,3 +808,23 @@ def eval_calibrate(
     typer.echo(f"incorrect <  {t.lower}: precision {t.precision_incorrect}, "
                f"{t.share_incorrect:.0%} of questions")
     typer.echo(f"VERITY_CRAG__UPPER={t.upper}\nVERITY_CRAG__LOWER={t.lower}")
+
+
+def _calibrate_abstention(runtime: Any, data: Any, name: str, max_false_abstain: float) -> None:
+    from core.crag import CorrectiveRag
+    from eval.calibrate import fit_abstention
+
+    if not any(e.unanswerable for e in data.examples):
+        raise _fail(f"{data.name} marks no question unanswerable; --abstention needs some")
+    crag = CorrectiveRag(runtime.rag(), runtime.settings.crag.model_copy(
+        update={"answerable_min": None, "rewrite": False}))
+    scores, labels = [], []
+    for example in data.examples:
+        prepared = crag.prepare(example.question, collection=name)
+        scores.append(float(prepared.trace.get("best_strip", 0.0)))
+        labels.append(example.unanswerable)
+    t = fit_abstention(scores, labels, max_false_abstain=max_false_abstain)
+    typer.echo(f"{t.n_answerable} answerable and {t.n_unanswerable} unanswerable questions")
+    typer.echo(f"abstain when the best strip < {t.threshold}: {t.false_abstain:.1%} of answerable, "
+               f"{t.abstain_unanswerable:.1%} of unanswerable questions")
+    typer.echo(f"VERITY_CRAG__ANSWERABLE_MIN={t.threshold}")

@@ -121,13 +121,21 @@ class CorrectiveRag:
                                            usage=prepared.usage, vault=prepared.vault)
         with timer.stage("refine_ms"):
             refined = self._refine(qvec, knowledge, trace)
-        if refined:
+        unsupported = self._unanswerable(trace)
+        if refined and not unsupported:
             prepared.sources = _citations(refined)
         else:
-            trace["abstained"] = "no relevant knowledge after correction"
+            trace["abstained"] = unsupported or "no relevant knowledge after correction"
             prepared.sources = _citations([_from_hit(h, s) for h, s in scored])
             prepared.abstain = True
         return prepared
+
+    def _unanswerable(self, trace: dict[str, Any]) -> str:
+        """Why the answerability check fails (the best strip is too weak), or "" if it passes."""
+        floor, best = self.settings.answerable_min, trace.get("best_strip")
+        if floor is None or best is None or best >= floor:
+            return ""
+        return f"no retrieved sentence supports the question (best strip {best} < {floor})"
 
     def evaluate(self, question: str, hits: Sequence[ScoredChunk]
                  ) -> tuple[np.ndarray, list[tuple[ScoredChunk, float]], float]:
@@ -201,6 +209,7 @@ class CorrectiveRag:
         vectors = self.rag.embedder.embed_documents(
             [f"{k.title}. {s}" if k.title else s for k, s in strips])
         scores = vectors @ qvec
+        trace["best_strip"] = round(float(scores.max()), 4)
         ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
         keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
         trace["strips_kept"] = len(keep)

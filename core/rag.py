@@ -290,7 +290,8 @@ class RagPipeline:
             {"role": "system", "content": self.prompts.render("answer_system")},
             {"role": "user", "content": self.prompts.render(
                 "answer_user", question=mask(question),
-                sources=[{"n": s.n, "document": s.document, "title": mask(neutralize(s.title)[0]).replace('"', "'"),
+                sources=[{"n": s.n, "document": s.document,
+                          "title": mask(neutralize(s.title)[0]).replace('"', "'"),
                           "text": mask(neutralize(s.text)[0])} for s in sources],
             )},
         ]

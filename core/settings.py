@@ -126,6 +126,10 @@ class CragSettings(BaseModel):
     upper: float = Field(default=0.55, description="best score at or above: correct")
     lower: float = Field(default=0.30, description="best score below: incorrect")
     strip_min: float = Field(default=0.30, description="strip relevance needed to keep it")
+    answerable_min: float | None = Field(
+        default=None,
+        description="answerability check: abstain unless the best strip's relevance reaches this "
+                    "(unset = off; `verity eval calibrate --abstention` fits it)")
     max_strips: int = Field(default=8, ge=1, le=50)
     rewrite: bool = Field(default=True, description="rewrite the query before re-retrieving")
     broaden_candidates: int = Field(default=100, ge=1, le=1000)

@@ -11,6 +11,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -44,11 +45,13 @@ class Outcome:
     completion_tokens: int
     action: str = ""
     cited: tuple[str, ...] = ()
+    source_tokens: int = 0  # tokens of the sources packed into the prompt
+    abstain_reason: str = ""
+    invalid_markers_removed: int = 0
 
 
 def score(example: QAExample, config: str, answer: Answer, latency_ms: float) -> Outcome:
     """Score one answer against the example's gold aliases."""
-    given = {s.chunk_id for s in answer.sources}
     abstained = answer.status != "answered"
     text = "" if abstained else answer.text
     gold = list(example.answers) or [""]
@@ -57,14 +60,34 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
         unanswerable=example.unanswerable,
         contains=0.0 if abstained or not example.answers else contains_answer(text, gold),
         em=exact_match(text, gold), f1=token_f1(text, gold), abstained=abstained,
-        citations_valid=all(c.chunk_id in given for c in answer.citations)
-        and not answer.invalid_citations,
+        citations_valid=citations_valid(answer),
         n_citations=len(answer.citations), latency_ms=round(latency_ms, 1),
         prompt_tokens=answer.usage.get("prompt_tokens", 0),
         completion_tokens=answer.usage.get("completion_tokens", 0),
         action=str(answer.trace.get("action", "")),
         cited=tuple(c.document for c in answer.citations),
+        source_tokens=int(answer.trace.get("context", {}).get("source_tokens", 0)),
+        abstain_reason=str(answer.trace.get("abstained", "")) if abstained else "",
+        invalid_markers_removed=len(answer.invalid_citations),
     )
+
+
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def citations_valid(answer: Answer) -> bool:
+    """Whether every citation points at a source that was given to the model.
+
+    Each citation must be source ``n`` itself (same number and chunk) and every
+    ``[n]`` left in the text must name a given source. Markers the pipeline
+    removed as invalid are counted separately (``invalid_markers_removed``).
+    """
+    by_n = {s.n: s.chunk_id for s in answer.sources}
+    if any(by_n.get(c.n) != c.chunk_id for c in answer.citations):
+        return False
+    if any(int(m) not in by_n for m in _MARKER.findall(answer.text)):
+        return False
+    return True
 
 
 def run(
@@ -136,6 +159,8 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, float]:
         "abstain_unanswerable": share(unanswerable, lambda o: float(o.abstained)),
         "abstain_precision": share(abstentions, lambda o: float(o.unanswerable)),
         "citation_validity": share(outcomes, lambda o: float(o.citations_valid)),
+        "answers_with_invalid_markers_removed": share(
+            outcomes, lambda o: float(o.invalid_markers_removed > 0)),
         "latency_p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
         "latency_p95_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
         if latencies else float("nan"),
