@@ -85,9 +85,7 @@ def citations_valid(answer: Answer) -> bool:
     by_n = {s.n: s.chunk_id for s in answer.sources}
     if any(by_n.get(c.n) != c.chunk_id for c in answer.citations):
         return False
-    if any(int(m) not in by_n for m in _MARKER.findall(answer.text)):
-        return False
-    return True
+    return all(int(m) in by_n for m in _MARKER.findall(answer.text))
 
 
 def run(
