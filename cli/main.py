@@ -672,6 +672,10 @@ def eval_qa(
     collection: Annotated[str | None, typer.Option(
         help="collection for the dataset's passages (default: qa-<dataset>)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
+    generate: Annotated[bool, typer.Option(
+        help="--no-generate: record only whether each configuration would abstain (retrieval, "
+             "evaluator and answerability check; no model server, no query rewrite); accuracy "
+             "and citations are then not measured")] = True,
 ) -> None:
     """Answer a QA set with each configuration in one run; report accuracy, abstention, citations."""
     from core.runtime import open_runtime
@@ -688,14 +692,16 @@ def eval_qa(
         raise _fail(f"unknown configs {sorted(unknown)}; use rag, crag, crag+replay")
     if "crag+replay" in wanted and data.replay is None:
         raise _fail(f"{data.name} ships no recorded search results for crag+replay")
-    with open_runtime(settings) as runtime:
+    with open_runtime(settings, generator=generate) as runtime:
         _ingest_passages(runtime, data, name)
-        answerers = _qa_answerers(runtime, data, name, wanted)
+        answerers = _qa_answerers(runtime, data, name, wanted, generate=generate)
         started = time.perf_counter()
-        results = run(data, answerers, cache_dir=out / "cache",
+        results = run(data, answerers, cache_dir=out / ("cache" if generate else "cache-decisions"),
                       progress=lambda c, i, n: typer.echo(f"{c}: {i}/{n}", err=True)
                       if i % 10 == 0 or i == n else None)
         info = _qa_provenance(runtime, data, wanted, seconds=time.perf_counter() - started)
+        info["generation"] = "on" if generate else "off: abstention decisions only"
+        info["crag_answerable_min"] = runtime.settings.crag.answerable_min
     markdown, report = write_reports(data, results, info, out)
     for config, outcomes in results.items():
         s = summarize(outcomes)
@@ -722,7 +728,8 @@ def _ingest_passages(runtime: Any, data: Any, collection: str) -> None:
     typer.echo(f"corpus: {report.summary()}", err=True)
 
 
-def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[str]) -> dict[str, Any]:
+def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[str], *,
+                  generate: bool = True) -> dict[str, Any]:
     from core.connectors import ReplayConnector
     from core.crag import CorrectiveRag
 
@@ -731,12 +738,27 @@ def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[str]) 
     out: dict[str, Any] = {}
     for config in configs:
         if config == "rag":
-            out[config] = lambda q: rag.answer(q, collection=collection)
+            prepare = functools.partial(rag.prepare, collection=collection)
         else:
             connectors = [ReplayConnector(*data.replay)] if config == "crag+replay" else []
-            crag = CorrectiveRag(rag, crag_settings, connectors)
-            out[config] = lambda q, crag=crag: crag.answer(q, collection=collection)
+            prepare = functools.partial(CorrectiveRag(rag, crag_settings, connectors).prepare,
+                              collection=collection)
+        out[config] = functools.partial(_complete if generate else _decide, rag, prepare)
     return out
+
+
+def _complete(rag: Any, prepare: Callable[[str], Any], question: str) -> Any:
+    return rag.complete(prepare(question))
+
+
+def _decide(rag: Any, prepare: Callable[[str], Any], question: str) -> Any:
+    """Whether the pipeline would abstain, without generating: an empty answer otherwise."""
+    from core.types import Answer
+
+    prepared = prepare(question)
+    if prepared.abstain:
+        return rag.complete(prepared)
+    return prepared.finish(Answer("", "answered", (), tuple(prepared.sources)))
 
 
 def _qa_provenance(runtime: Any, data: Any, configs: list[str], *, seconds: float
