@@ -111,16 +111,21 @@ class CorrectiveRag:
         trace.update(crag=True, action=action, best_score=round(best, 4),
                      thresholds={"upper": self.settings.upper, "lower": self.settings.lower},
                      scores={h.chunk.id: round(s, 4) for h, s in scored})
-        knowledge: list[Knowledge] = []
+        internal: list[Knowledge] = []
+        corrective: list[Knowledge] = []
         if action in ("correct", "ambiguous"):
-            knowledge += [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
+            internal = [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
         if action in ("incorrect", "ambiguous"):
             with timer.stage("correct_ms"):
-                knowledge += self._correct(question, qvec, collection=collection, where=where,
+                corrective = self._correct(question, qvec, collection=collection, where=where,
                                            cfg=cfg, top_k=top_k, trace=trace,
                                            usage=prepared.usage, vault=prepared.vault)
+        seen = {k.chunk_id for k in internal}
         with timer.stage("refine_ms"):
-            refined = self._refine(qvec, knowledge, trace)
+            # Internal knowledge passed the evaluator; corrective results come after it and
+            # are refined on their own, so they add to it rather than crowd it out.
+            refined = self._refine(qvec, internal, trace) + self._refine(
+                qvec, [k for k in corrective if k.chunk_id not in seen], trace)
         unsupported = self._unanswerable(trace)
         if refined and not unsupported:
             prepared.sources = _citations(refined)
@@ -197,22 +202,25 @@ class CorrectiveRag:
                 trace: dict[str, Any]) -> list[Knowledge]:
         """Keep the strips relevant to the question, recomposed per source in document order.
 
+        Called once for internal knowledge and once for corrective results; the
+        trace adds up strips over both calls and keeps the best strip score.
         A strip is scored with its source's title in front (a sentence such as
         "He was a pianist" names its subject only there). Sources come best
         first, by their best strip, so the numbering keeps the evaluator's rank
         order; within a source the kept strips stay in document order.
         """
         strips = [(k, s) for k in _dedupe(knowledge) for s in split_strips(k.text)]
-        trace["strips_total"] = len(strips)
+        trace["strips_total"] = trace.get("strips_total", 0) + len(strips)
         if not strips:
+            trace.setdefault("strips_kept", 0)
             return []
         vectors = self.rag.embedder.embed_documents(
             [f"{k.title}. {s}" if k.title else s for k, s in strips])
         scores = vectors @ qvec
-        trace["best_strip"] = round(float(scores.max()), 4)
+        trace["best_strip"] = round(max(float(scores.max()), trace.get("best_strip", -1.0)), 4)
         ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
         keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
-        trace["strips_kept"] = len(keep)
+        trace["strips_kept"] = trace.get("strips_kept", 0) + len(keep)
         by_source: dict[str, list[int]] = {}
         for i in sorted(keep):
             by_source.setdefault(strips[i][0].chunk_id, []).append(i)
