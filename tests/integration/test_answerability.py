@@ -1,7 +1,10 @@
 """CRAG's answerability check with the real embedder and store (no model server needed)."""
 
+from pathlib import Path
+
 import pytest
 
+from core.connectors import ReplayConnector
 from core.crag import CorrectiveRag
 from core.runtime import Runtime
 from core.settings import ChunkingSettings, CragSettings
@@ -50,3 +53,22 @@ def test_the_check_is_off_by_default(retrieval_runtime: Runtime, facts: str) -> 
     prepared = _crag(retrieval_runtime, answerable_min=None).prepare(
         "Who painted the ceiling of the Sistine Chapel?", collection=facts)
     assert not prepared.abstain and "best_strip" in prepared.trace
+
+
+def test_ambiguous_puts_corrective_results_after_the_internal_knowledge(
+        retrieval_runtime: Runtime, facts: str, tmp_path: Path) -> None:
+    question = "How many eggs do Zorbanian falcons lay?"
+    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
+    # Web snippets that name the falcons as exactly as the question does.
+    (tmp_path / "k.txt").write_text(
+        "#Zorbanian falcons: Zorbanian falcons lay eggs. ; "
+        "#Zorbanian falcon eggs: How many eggs Zorbanian falcons lay is unknown.")
+    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+    crag = CorrectiveRag(retrieval_runtime.rag(), CragSettings(
+        enabled=True, upper=0.99, lower=-1.0, strip_min=-1.0), [replay])
+    prepared = crag.prepare(question, collection=facts)
+    assert prepared.trace["action"] == "ambiguous" and not prepared.abstain
+    kinds = ["replay" if s.document.startswith("replay:") else "internal" for s in prepared.sources]
+    assert kinds[0] == "internal" and "replay" in kinds
+    assert kinds == sorted(kinds)  # every internal source before every replayed one
+    assert "two eggs" in prepared.sources[0].text
