@@ -922,6 +922,10 @@ def eval_qa(
     judge_api_key: Annotated[str | None, typer.Option(help="API key of the judge server")] = None,
     fail_if: FailIfOpt = None,
     baseline: BaselineOpt = None,
+    generate: Annotated[bool, typer.Option(
+        help="--no-generate: record only whether each configuration would abstain (retrieval, "
+             "evaluator and answerability check; no model server, no query rewrite); accuracy "
+             "and citations are then not measured")] = True,
 ) -> None:
     """Answer a QA set with each configuration in one run; report accuracy, abstention, citations,
     context precision and faithfulness. Answers are cached per question: a rerun resumes."""
@@ -943,6 +947,8 @@ def eval_qa(
     name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
     if any(c.replay for c in config_list) and data.replay is None:
         raise _fail(f"{data.name} ships no recorded search results for crag+replay")
+    if url and not generate:
+        raise _fail("--no-generate runs the pipeline in-process; it cannot be combined with --url")
     with ExitStack() as stack:
         if url:
             answerers, info = _remote_qa(stack, url, api_key, data, name, config_list)
@@ -950,15 +956,18 @@ def eval_qa(
         else:
             from core.runtime import open_runtime
 
-            runtime = stack.enter_context(open_runtime(settings))
-            answerers = _qa_answerers(runtime, data, name, config_list)
+            runtime = stack.enter_context(open_runtime(settings, generator=generate))
+            answerers = _qa_answerers(runtime, data, name, config_list, generate=generate)
             info = _qa_provenance(runtime, data, [c.name for c in config_list])
-            generator = runtime.generator, runtime.generator_name
+            info["generation"] = "on" if generate else "off: abstention decisions only"
+            info["crag_answerable_min"] = runtime.settings.crag.answerable_min
+            generator = (runtime.generator, runtime.generator_name) if generate else None
         the_judge = _judge(stack, settings, judge, generator, model=judge_model, key=judge_api_key)
         fingerprints = {c.name: _cache_key(c, url) for c in config_list}
         started = time.perf_counter()
         with _question_bars() as progress:
-            results = run(data, answerers, cache_dir=out / "cache", progress=progress,
+            results = run(data, answerers, progress=progress,
+                          cache_dir=out / ("cache" if generate else "cache-decisions"),
                           judge=the_judge, fingerprints=fingerprints)
         info["seconds"] = round(time.perf_counter() - started, 1)
     judge_name = the_judge.name if the_judge else None
@@ -1087,7 +1096,8 @@ def _ingest_passages(runtime: Any, data: Any, collection: str, chunking: Any = N
     typer.echo(f"corpus ({collection}): {report.summary()}", err=True)
 
 
-def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[Any]) -> dict[str, Any]:
+def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[Any], *,
+                  generate: bool = True) -> dict[str, Any]:
     """One answerer per configuration; a configuration with its own chunk size gets its own
     collection, ingested here."""
     from dataclasses import replace
@@ -1117,14 +1127,27 @@ def _qa_answerers(runtime: Any, data: Any, collection: str, configs: list[Any]) 
                                       llm_base_url=getattr(runtime.generator, "base_url", None))
         rag = replace(runtime, reranker=reranker).rag()
         if not config.crag:
-            out[config.name] = (lambda q, rag=rag, r=retrieval, c=target:
-                                rag.answer(q, collection=c, settings=r))
-            continue
-        connectors = [ReplayConnector(*data.replay)] if config.replay else []
-        crag = CorrectiveRag(rag, crag_settings, connectors)
-        out[config.name] = (lambda q, crag=crag, r=retrieval, c=target:
-                            crag.answer(q, collection=c, retrieval=r))
+            prepare = functools.partial(rag.prepare, collection=target, settings=retrieval)
+        else:
+            connectors = [ReplayConnector(*data.replay)] if config.replay else []
+            prepare = functools.partial(CorrectiveRag(rag, crag_settings, connectors).prepare,
+                                        collection=target, retrieval=retrieval)
+        out[config.name] = functools.partial(_complete if generate else _decide, rag, prepare)
     return out
+
+
+def _complete(rag: Any, prepare: Callable[[str], Any], question: str) -> Any:
+    return rag.complete(prepare(question))
+
+
+def _decide(rag: Any, prepare: Callable[[str], Any], question: str) -> Any:
+    """Whether the pipeline would abstain, without generating: an empty answer otherwise."""
+    from core.types import Answer
+
+    prepared = prepare(question)
+    if prepared.abstain:
+        return rag.complete(prepared)
+    return prepared.finish(Answer("", "answered", (), tuple(prepared.sources)))
 
 
 def _qa_provenance(runtime: Any, data: Any, configs: list[str]) -> dict[str, Any]:
@@ -1157,27 +1180,44 @@ def eval_calibrate(
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
     target: Annotated[float, typer.Option(min=0.5, max=1.0,
                                           help="precision each region must reach")] = 0.8,
+    abstention: Annotated[bool, typer.Option(
+        help="fit the answerability check (crag.answerable_min) on unanswerable questions "
+             "instead of the evaluator's thresholds")] = False,
+    max_false_abstain: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="with --abstention: share of answerable questions it may abstain on")
+    ] = 0.1,
 ) -> None:
-    """Fit corrective RAG's evaluator thresholds on labelled questions (no generation)."""
-    from core.crag import CorrectiveRag
+    """Fit corrective RAG's evaluator thresholds, or its answerability check, on labelled questions.
+
+    No answer is generated: both fits need only retrieval and the evaluator's scores.
+    """
     from core.runtime import open_runtime
-    from eval.calibrate import fit_thresholds
-    from eval.metrics import contains_answer
     from eval.qa_datasets import load_qa
 
     _logging(logging.WARNING)
     settings = _settings()
     data = load_qa(dataset).limited(limit)
     name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
-    scores, labels = [], []
     with open_runtime(settings, generator=False) as runtime:
         _ingest_passages(runtime, data, name)
-        crag = CorrectiveRag(runtime.rag(), settings.crag)
-        for example in (e for e in data.examples if e.answers):
-            hits = crag.rag.retrieve(example.question, collection=name)
-            _, _, best = crag.evaluate(example.question, hits)
-            scores.append(best)
-            labels.append(any(contains_answer(h.chunk.text, list(example.answers)) for h in hits))
+        if abstention:
+            _calibrate_abstention(runtime, data, name, max_false_abstain)
+        else:
+            _calibrate_evaluator(runtime, data, name, target)
+
+
+def _calibrate_evaluator(runtime: Any, data: Any, name: str, target: float) -> None:
+    from core.crag import CorrectiveRag
+    from eval.calibrate import fit_thresholds
+    from eval.metrics import contains_answer
+
+    scores, labels = [], []
+    crag = CorrectiveRag(runtime.rag(), runtime.settings.crag)
+    for example in (e for e in data.examples if e.answers):
+        hits = crag.rag.retrieve(example.question, collection=name)
+        _, _, best = crag.evaluate(example.question, hits)
+        scores.append(best)
+        labels.append(any(contains_answer(h.chunk.text, list(example.answers)) for h in hits))
     t = fit_thresholds(scores, labels, target=target)
     typer.echo(f"{t.n} questions, {sum(labels)} with the answer in the retrieved chunks")
     typer.echo(f"correct   >= {t.upper}: precision {t.precision_correct}, {t.share_correct:.0%} "
@@ -1185,3 +1225,23 @@ def eval_calibrate(
     typer.echo(f"incorrect <  {t.lower}: precision {t.precision_incorrect}, "
                f"{t.share_incorrect:.0%} of questions")
     typer.echo(f"VERITY_CRAG__UPPER={t.upper}\nVERITY_CRAG__LOWER={t.lower}")
+
+
+def _calibrate_abstention(runtime: Any, data: Any, name: str, max_false_abstain: float) -> None:
+    from core.crag import CorrectiveRag
+    from eval.calibrate import fit_abstention
+
+    if not any(e.unanswerable for e in data.examples):
+        raise _fail(f"{data.name} marks no question unanswerable; --abstention needs some")
+    crag = CorrectiveRag(runtime.rag(), runtime.settings.crag.model_copy(
+        update={"answerable_min": None, "rewrite": False}))
+    scores, labels = [], []
+    for example in data.examples:
+        prepared = crag.prepare(example.question, collection=name)
+        scores.append(float(prepared.trace.get("best_strip", 0.0)))
+        labels.append(example.unanswerable)
+    t = fit_abstention(scores, labels, max_false_abstain=max_false_abstain)
+    typer.echo(f"{t.n_answerable} answerable and {t.n_unanswerable} unanswerable questions")
+    typer.echo(f"abstain when the best strip < {t.threshold}: {t.false_abstain:.1%} of answerable, "
+               f"{t.abstain_unanswerable:.1%} of unanswerable questions")
+    typer.echo(f"VERITY_CRAG__ANSWERABLE_MIN={t.threshold}")

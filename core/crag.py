@@ -47,6 +47,7 @@ class Knowledge:
     order: tuple[str, int] = ("", 0)
     page: int | None = None
     heading: str = ""
+    title: str = ""
 
 
 def grade(best: float, *, upper: float, lower: float) -> CragAction:
@@ -110,23 +111,36 @@ class CorrectiveRag:
         trace.update(crag=True, action=action, best_score=round(best, 4),
                      thresholds={"upper": self.settings.upper, "lower": self.settings.lower},
                      scores={h.chunk.id: round(s, 4) for h, s in scored})
-        knowledge: list[Knowledge] = []
+        internal: list[Knowledge] = []
+        corrective: list[Knowledge] = []
         if action in ("correct", "ambiguous"):
-            knowledge += [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
+            internal = [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
         if action in ("incorrect", "ambiguous"):
             with timer.stage("correct_ms"):
-                knowledge += self._correct(question, qvec, collection=collection, where=where,
+                corrective = self._correct(question, qvec, collection=collection, where=where,
                                            cfg=cfg, top_k=top_k, trace=trace,
                                            usage=prepared.usage, vault=prepared.vault)
+        seen = {k.chunk_id for k in internal}
         with timer.stage("refine_ms"):
-            refined = self._refine(qvec, knowledge, trace)
-        if refined:
+            # Internal knowledge passed the evaluator; corrective results come after it and
+            # are refined on their own, so they add to it rather than crowd it out.
+            refined = self._refine(qvec, internal, trace) + self._refine(
+                qvec, [k for k in corrective if k.chunk_id not in seen], trace)
+        unsupported = self._unanswerable(trace)
+        if refined and not unsupported:
             prepared.sources = _citations(refined)
         else:
-            trace["abstained"] = "no relevant knowledge after correction"
+            trace["abstained"] = unsupported or "no relevant knowledge after correction"
             prepared.sources = _citations([_from_hit(h, s) for h, s in scored])
             prepared.abstain = True
         return prepared
+
+    def _unanswerable(self, trace: dict[str, Any]) -> str:
+        """Why the answerability check fails (the best strip is too weak), or "" if it passes."""
+        floor, best = self.settings.answerable_min, trace.get("best_strip")
+        if floor is None or best is None or best >= floor:
+            return ""
+        return f"no retrieved sentence supports the question (best strip {best} < {floor})"
 
     def evaluate(self, question: str, hits: Sequence[ScoredChunk]
                  ) -> tuple[np.ndarray, list[tuple[ScoredChunk, float]], float]:
@@ -180,29 +194,40 @@ class CorrectiveRag:
             for i, p in enumerate(connector.search(question, query=query, k=k)):
                 found.append(Knowledge(document=f"{connector.name}: {p.title or p.url or i}",
                                        chunk_id=f"{connector.name}-{i}", text=p.text, score=0.0,
-                                       order=(f"~{connector.name}", i)))
+                                       order=(f"~{connector.name}", i), title=p.title))
         trace["corrective_results"] = len(found)
         return found
 
     def _refine(self, qvec: np.ndarray, knowledge: list[Knowledge],
                 trace: dict[str, Any]) -> list[Knowledge]:
-        """Keep the strips relevant to the question, recomposed per source in document order."""
+        """Keep the strips relevant to the question, recomposed per source in document order.
+
+        Called once for internal knowledge and once for corrective results; the
+        trace adds up strips over both calls and keeps the best strip score.
+        A strip is scored with its source's title in front (a sentence such as
+        "He was a pianist" names its subject only there). Sources come best
+        first, by their best strip, so the numbering keeps the evaluator's rank
+        order; within a source the kept strips stay in document order.
+        """
         strips = [(k, s) for k in _dedupe(knowledge) for s in split_strips(k.text)]
-        trace["strips_total"] = len(strips)
+        trace["strips_total"] = trace.get("strips_total", 0) + len(strips)
         if not strips:
+            trace.setdefault("strips_kept", 0)
             return []
-        vectors = self.rag.embedder.embed_documents([s for _, s in strips])
+        vectors = self.rag.embedder.embed_documents(
+            [f"{k.title}. {s}" if k.title else s for k, s in strips])
         scores = vectors @ qvec
+        trace["best_strip"] = round(max(float(scores.max()), trace.get("best_strip", -1.0)), 4)
         ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
         keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
-        trace["strips_kept"] = len(keep)
+        trace["strips_kept"] = trace.get("strips_kept", 0) + len(keep)
         by_source: dict[str, list[int]] = {}
         for i in sorted(keep):
             by_source.setdefault(strips[i][0].chunk_id, []).append(i)
         refined = [replace(strips[idx[0]][0], text=" ".join(strips[i][1] for i in idx),
                            score=float(max(scores[i] for i in idx)))
                    for idx in by_source.values()]
-        return sorted(refined, key=lambda k: k.order)
+        return sorted(refined, key=lambda k: -k.score)
 
 
 def _known_score(h: ScoredChunk) -> float | None:
@@ -215,7 +240,7 @@ def _known_score(h: ScoredChunk) -> float | None:
 def _from_hit(h: ScoredChunk, score: float) -> Knowledge:
     return Knowledge(document=h.source, chunk_id=h.chunk.id, text=h.chunk.text, score=score,
                      order=(h.chunk.document_id, h.chunk.ordinal), page=h.chunk.page,
-                     heading=h.chunk.heading)
+                     heading=h.chunk.heading, title=h.title)
 
 
 def _dedupe(knowledge: list[Knowledge]) -> list[Knowledge]:
@@ -228,7 +253,7 @@ def _dedupe(knowledge: list[Knowledge]) -> list[Knowledge]:
 
 def _citations(knowledge: Sequence[Knowledge]) -> list[Citation]:
     return [Citation(n=i, document=k.document, chunk_id=k.chunk_id, text=k.text, page=k.page,
-                     heading=k.heading) for i, k in enumerate(knowledge, start=1)]
+                     heading=k.heading, title=k.title) for i, k in enumerate(knowledge, start=1)]
 
 
 def _clean_query(text: str) -> str:

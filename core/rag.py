@@ -17,6 +17,7 @@ from core.citations import attribute, best_support, check_citations
 from core.errors import GenerationError, RerankError
 from core.fusion import fuse, reciprocal_rank_fusion
 from core.injection import neutralize
+from core.packing import TEMPLATE_MARGIN, EstimateCounter, TokenCounter, pack_sources
 from core.pii import PiiVault
 from core.prompts import PromptLibrary
 from core.protocols import Embedder, Generation, Generator, Reranker
@@ -104,6 +105,9 @@ class RagPipeline:
         reranker: Reranker | None = None,
         rerank_top_n: int = 30,
         rerank_fusion: str = "replace",
+        context_tokens: int = 4096,
+        max_answer_tokens: int = 256,
+        token_counter: TokenCounter | None = None,
     ) -> None:
         self.pii = pii or PiiSettings()
         self.store = store
@@ -114,6 +118,9 @@ class RagPipeline:
         self.reranker = reranker
         self.rerank_top_n = rerank_top_n
         self.rerank_fusion = rerank_fusion
+        self.context_tokens = context_tokens
+        self.max_answer_tokens = max_answer_tokens
+        self.token_counter: TokenCounter = token_counter or EstimateCounter()
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
@@ -218,9 +225,9 @@ class RagPipeline:
 
     def complete(self, prepared: Prepared) -> Answer:
         """Generate the answer for prepared sources (or abstain), grounded in them."""
-        sources = prepared.sources
         if prepared.abstain:
-            return prepared.finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(sources)))
+            return prepared.finish(Answer(ABSTAIN_TEXT, "abstained", (), tuple(prepared.sources)))
+        sources = self.pack(prepared)
         try:
             with prepared.timer.stage("generate_ms"):
                 generation = self._generate(prepared.question, sources, prepared.vault)
@@ -242,6 +249,7 @@ class RagPipeline:
             return
         parts: list[str] = []
         vault = prepared.vault
+        self.pack(prepared)
         with prepared.timer.stage("generate_ms"):
             deltas = self.generator.stream(self.messages(prepared.question, prepared.sources,
                                                          vault))
@@ -249,6 +257,29 @@ class RagPipeline:
                 parts.append(delta)
                 yield delta
         yield prepared.finish(ground(Generation(text="".join(parts).strip()), prepared.sources))
+
+    def pack(self, prepared: Prepared) -> list[Citation]:
+        """Fit ``prepared.sources`` into the model's context window (in place) and return them.
+
+        The budget is the context window minus the answer's ``max_tokens``, the
+        prompt without sources and a margin for the chat template; sources are
+        taken in rank order and the first that does not fit is cut at a
+        sentence boundary. The trace gets the budget and the tokens spent.
+        """
+        with prepared.timer.stage("pack_ms"):
+            count, vault = self.token_counter.count, prepared.vault
+            system, user = (count(m["content"]) for m in self.messages(prepared.question, [], vault))
+            prompt = system + user + TEMPLATE_MARGIN
+            budget = self.context_tokens - self.max_answer_tokens - prompt
+            packed = pack_sources(
+                prepared.sources, budget=budget, count=count,
+                cost=lambda s: count(self.messages(prepared.question, [s], vault)[1]["content"]) - user)
+        prepared.sources = packed.sources
+        prepared.trace["context"] = {"context_tokens": self.context_tokens,
+                                     "prompt_tokens_without_sources": prompt,
+                                     "max_answer_tokens": self.max_answer_tokens,
+                                     **packed.trace(self.token_counter.name)}
+        return packed.sources
 
     def messages(self, question: str, sources: list[Citation],
                  vault: PiiVault | None = None) -> list[dict[str, str]]:
@@ -259,8 +290,9 @@ class RagPipeline:
             {"role": "system", "content": self.prompts.render("answer_system")},
             {"role": "user", "content": self.prompts.render(
                 "answer_user", question=mask(question),
-                sources=[{"n": s.n, "document": s.document, "text": mask(neutralize(s.text)[0])}
-                         for s in sources],
+                sources=[{"n": s.n, "document": s.document,
+                          "title": mask(neutralize(s.title)[0]).replace('"', "'"),
+                          "text": mask(neutralize(s.text)[0])} for s in sources],
             )},
         ]
 
@@ -275,7 +307,7 @@ class RagPipeline:
 def numbered_sources(hits: Any) -> list[Citation]:
     return [
         Citation(n=i, document=h.source, chunk_id=h.chunk.id, text=h.chunk.text,
-                 page=h.chunk.page, heading=h.chunk.heading)
+                 page=h.chunk.page, heading=h.chunk.heading, title=h.title)
         for i, h in enumerate(hits, start=1)
     ]
 

@@ -11,6 +11,7 @@ from core.connectors import Connector, build_connectors
 from core.embedders import SentenceTransformerEmbedder
 from core.generators import CircuitBreaker, OpenAIChatGenerator
 from core.llama_server import LlamaCppServer
+from core.packing import EstimateCounter, ServerTokenCounter, TokenCounter
 from core.prompts import PromptLibrary
 from core.protocols import Generator, Reranker
 from core.rag import RagPipeline
@@ -35,6 +36,7 @@ class Runtime:
     llm_server: LlamaCppServer | None = None
     connectors: list[Connector] = field(default_factory=list)
     reranker: Reranker | None = None
+    token_counter: TokenCounter = field(default_factory=EstimateCounter)
 
     def store_for(self, tenant: str) -> PgvectorStore:
         """The store scoped to one tenant."""
@@ -45,7 +47,10 @@ class Runtime:
                            generator=self.generator, prompts=self.prompts,
                            settings=self.settings.retrieval, pii=self.settings.pii,
                            reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n,
-                           rerank_fusion=self.settings.rerank.fusion)
+                           rerank_fusion=self.settings.rerank.fusion,
+                           context_tokens=self.settings.llm.context_tokens,
+                           max_answer_tokens=self.settings.llm.max_tokens,
+                           token_counter=self.token_counter)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""
@@ -91,6 +96,10 @@ def open_runtime(settings: Settings, *, generator: bool = True) -> Iterator[Runt
         gen, server = start_generator(settings, stack) if generator else (None, None)
         reranker = build_reranker(settings.rerank, data_dir=settings.data_dir, prompts=prompts,
                                   llm_base_url=gen.base_url if gen else settings.llm.base_url)
+        counter: TokenCounter = EstimateCounter()
+        if gen is not None and settings.llm.tokenizer == "server":
+            counter = ServerTokenCounter(gen.base_url, model=settings.llm.model or None)
         yield Runtime(settings=settings, db=db, store=PgvectorStore(db), embedder=embedder,
                       prompts=prompts, generator=gen, llm_server=server,
-                      connectors=build_connectors(settings.crag.connectors), reranker=reranker)
+                      connectors=build_connectors(settings.crag.connectors), reranker=reranker,
+                      token_counter=counter)

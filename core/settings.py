@@ -83,8 +83,13 @@ class LLMSettings(BaseModel):
     api_key: SecretStr = SecretStr("none")
     model: str | None = Field(default=None, description="model name on the server; unset = first listed")
     gguf_path: str = Field(default=BUNDLED_GGUF, description="GGUF for the local server")
-    context_tokens: int = Field(default=4096, ge=512)
+    context_tokens: int = Field(default=4096, ge=512,
+                                description="the model's context window; sources are packed into it")
     max_tokens: int = Field(default=256, ge=1)
+    tokenizer: Literal["server", "estimate"] = Field(
+        default="server",
+        description="count prompt tokens with the server's tokenize endpoint (falling back to the "
+                    "estimate) or always with a conservative estimate (3 bytes a token)")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     timeout_s: float = Field(default=120.0, gt=0)
     threads: int | None = Field(default=None, ge=1)
@@ -126,6 +131,10 @@ class CragSettings(BaseModel):
     upper: float = Field(default=0.55, description="best score at or above: correct")
     lower: float = Field(default=0.30, description="best score below: incorrect")
     strip_min: float = Field(default=0.30, description="strip relevance needed to keep it")
+    answerable_min: float | None = Field(
+        default=None,
+        description="answerability check: abstain unless the best strip's relevance reaches this "
+                    "(unset = off; `verity eval calibrate --abstention` fits it)")
     max_strips: int = Field(default=8, ge=1, le=50)
     rewrite: bool = Field(default=True, description="rewrite the query before re-retrieving")
     broaden_candidates: int = Field(default=100, ge=1, le=1000)

@@ -89,6 +89,7 @@ class Citation:
     text: str
     page: int | None = None
     heading: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True, slots=True)

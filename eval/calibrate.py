@@ -10,6 +10,7 @@ at least the target precision. Between them lies *ambiguous*.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,3 +57,47 @@ def fit_thresholds(scores: Sequence[float], labels: Sequence[bool], *,
     return Thresholds(upper=round(upper, 4), lower=round(lower, 4),
                       precision_correct=round(p_up, 4), precision_incorrect=round(p_low, 4),
                       share_correct=round(n_up / n, 4), share_incorrect=round(n_low / n, 4), n=n)
+
+
+@dataclass(frozen=True, slots=True)
+class AbstentionThreshold:
+    """Where the answerability check should abstain, and what that did on the labelled set."""
+
+    threshold: float
+    false_abstain: float  # share of answerable questions scoring below the threshold
+    abstain_unanswerable: float  # share of unanswerable questions scoring below it
+    n_answerable: int
+    n_unanswerable: int
+
+
+def fit_abstention(scores: Sequence[float], unanswerable: Sequence[bool], *,
+                   max_false_abstain: float = 0.1) -> AbstentionThreshold:
+    """The highest support threshold that abstains on at most ``max_false_abstain`` of answerable questions.
+
+    A question is abstained on when its score (the best strip's relevance) is
+    below the threshold. Raising the threshold abstains on more unanswerable
+    questions and on more answerable ones; the fit takes as many unanswerable
+    ones as the false-abstention budget allows.
+
+    Raises:
+        ValueError: inputs of different lengths, no answerable question, or a
+            budget outside [0, 1).
+    """
+    if len(scores) != len(unanswerable):
+        raise ValueError("need as many scores as labels")
+    if not 0 <= max_false_abstain < 1:
+        raise ValueError("max_false_abstain must be in [0, 1)")
+    answerable = sorted(s for s, u in zip(scores, unanswerable, strict=True) if not u)
+    other = [s for s, u in zip(scores, unanswerable, strict=True) if u]
+    if not answerable:
+        raise ValueError("need at least one answerable question")
+    allowed = int(max_false_abstain * len(answerable))  # answerable questions we may lose
+    # Scores strictly below the threshold are abstained on; round down so that
+    # rounding never adds an abstention.
+    threshold = math.floor(answerable[allowed] * 10_000) / 10_000
+    return AbstentionThreshold(
+        threshold=threshold,
+        false_abstain=round(sum(s < threshold for s in answerable) / len(answerable), 4),
+        abstain_unanswerable=round(sum(s < threshold for s in other) / len(other), 4) if other
+        else float("nan"),
+        n_answerable=len(answerable), n_unanswerable=len(other))

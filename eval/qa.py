@@ -11,6 +11,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -70,6 +71,9 @@ class Outcome:
     faithfulness: float | None = None
     supported: tuple[bool, ...] = ()
     judge: str = ""
+    source_tokens: int = 0  # tokens of the sources packed into the prompt
+    abstain_reason: str = ""
+    invalid_markers_removed: int = 0
 
 
 def score(example: QAExample, config: str, answer: Answer, latency_ms: float) -> Outcome:
@@ -79,7 +83,6 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
     known ``relevant_passages`` or, where none are known, when it contains a
     gold answer; unanswerable questions have no relevant source.
     """
-    given = {s.chunk_id for s in answer.sources}
     abstained = answer.status != "answered"
     text = "" if abstained else answer.text
     gold = list(example.answers) or [""]
@@ -88,8 +91,7 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
         unanswerable=example.unanswerable,
         contains=0.0 if abstained or not example.answers else _contains(text, example),
         em=exact_match(text, gold), f1=token_f1(text, gold), abstained=abstained,
-        citations_valid=all(c.chunk_id in given for c in answer.citations)
-        and not answer.invalid_citations,
+        citations_valid=citations_valid(answer),
         n_citations=len(answer.citations), latency_ms=round(latency_ms, 1),
         prompt_tokens=answer.usage.get("prompt_tokens", 0),
         completion_tokens=answer.usage.get("completion_tokens", 0),
@@ -100,6 +102,9 @@ def score(example: QAExample, config: str, answer: Answer, latency_ms: float) ->
                       for s in answer.sources),
         context_relevant=tuple(_relevant(s.document, s.text, example) for s in answer.sources),
         timings={k: round(float(v), 1) for k, v in answer.timings.items()},
+        source_tokens=int(answer.trace.get("context", {}).get("source_tokens", 0)),
+        abstain_reason=str(answer.trace.get("abstained", "")) if abstained else "",
+        invalid_markers_removed=len(answer.invalid_citations),
     )
 
 
@@ -120,12 +125,32 @@ def _relevant(document: str, text: str, example: QAExample) -> bool:
 Progress = Callable[[str, int, int], None]
 
 
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+def citations_valid(answer: Answer) -> bool:
+    """Whether every citation points at a source that was given to the model.
+
+    Each citation must be source ``n`` itself (same number and chunk) and every
+    ``[n]`` left in the text must name a given source. Markers the pipeline
+    removed as invalid are counted separately (``invalid_markers_removed``).
+    """
+    by_n = {s.n: s.chunk_id for s in answer.sources}
+    if any(by_n.get(c.n) != c.chunk_id for c in answer.citations):
+        return False
+    return all(int(m) in by_n for m in _MARKER.findall(answer.text))
+
+
 def run(
     dataset: QADataset, answerers: Mapping[str, Answerer], *, cache_dir: Path,
     progress: Progress | None = None, judge: Judge | None = None,
     fingerprints: Mapping[str, str] | None = None,
 ) -> dict[str, list[Outcome]]:
     """Answer every example with every configuration, resuming from ``cache_dir``.
+
+    Questions are the outer loop: each is answered by every configuration
+    before the next, so a run stopped early still compares all of them on the
+    same questions.
 
     Args:
         dataset: the questions.
@@ -141,32 +166,30 @@ def run(
         ``{config: outcomes in the dataset's order}``.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[Outcome]] = {}
-    for config, answer_fn in answerers.items():
-        suffix = f".{fingerprints[config]}" if fingerprints and config in fingerprints else ""
-        cache = cache_dir / f"{dataset.name}.{config}{suffix}.jsonl"
-        done = _read_cache(cache)
-        with cache.open("a", encoding="utf-8") as out:
-            for i, example in enumerate(dataset.examples, start=1):
-                outcome = done.get(example.id)
-                fresh = outcome is None
-                if outcome is None:
-                    started = time.perf_counter()
-                    answer = answer_fn(example.question)
-                    outcome = score(example, config, answer, (time.perf_counter() - started) * 1000)
-                if judge is not None and outcome.judge != judge.name:
-                    outcome = judge_outcome(outcome, judge)
-                    fresh = True
-                if fresh and outcome.status != "generation_unavailable":
-                    # An outage is not an answer: keep it out of the cache, so the
-                    # next run asks again instead of scoring the outage forever.
+    fingerprints = fingerprints or {}
+    caches = {c: cache_dir / (f"{dataset.name}.{c}" + (f".{fingerprints[c]}" if c in fingerprints
+                                                       else "") + ".jsonl") for c in answerers}
+    done = {c: _read_cache(path) for c, path in caches.items()}
+    for i, example in enumerate(dataset.examples, start=1):
+        for config, answer_fn in answerers.items():
+            outcome = done[config].get(example.id)
+            fresh = outcome is None
+            if outcome is None:
+                started = time.perf_counter()
+                answer = answer_fn(example.question)
+                outcome = score(example, config, answer, (time.perf_counter() - started) * 1000)
+            if judge is not None and outcome.judge != judge.name:
+                outcome = judge_outcome(outcome, judge)
+                fresh = True
+            if fresh and outcome.status != "generation_unavailable":
+                # An outage is not an answer: keep it out of the cache, so the
+                # next run asks again instead of scoring the outage forever.
+                with caches[config].open("a", encoding="utf-8") as out:
                     out.write(json.dumps(asdict(outcome), ensure_ascii=False) + "\n")
-                    out.flush()
-                done[example.id] = outcome
-                if progress:
-                    progress(config, i, len(dataset.examples))
-        results[config] = [done[e.id] for e in dataset.examples]
-    return results
+            done[config][example.id] = outcome
+            if progress:
+                progress(config, i, len(dataset.examples))
+    return {c: [done[c][e.id] for e in dataset.examples] for c in answerers}
 
 
 _TUPLE_FIELDS = ("cited", "gold", "sources", "context_relevant", "supported")
@@ -230,6 +253,8 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, float]:
         "abstain_recall": abstention_recall(abstained, unanswerable),
         "abstain_precision": abstention_precision(abstained, unanswerable),
         "citation_validity": _share([float(o.citations_valid) for o in outcomes]),
+        "answers_with_invalid_markers_removed": _share(
+            [float(o.invalid_markers_removed > 0) for o in outcomes]),
         "context_precision": _share([context_precision(o.context_relevant) for o in answerable]),
         "faithfulness": _share(judged),
         "judged": float(len(judged)),

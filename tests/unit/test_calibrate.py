@@ -1,7 +1,7 @@
 import pytest
 
 from core.crag import grade
-from eval.calibrate import fit_thresholds
+from eval.calibrate import fit_abstention, fit_thresholds
 
 pytestmark = pytest.mark.unit
 
@@ -26,3 +26,20 @@ def test_bad_input() -> None:
         fit_thresholds([], [])
     with pytest.raises(ValueError):
         fit_thresholds([0.1], [True], target=0)
+
+
+def test_abstention_threshold_spends_the_false_abstention_budget() -> None:
+    answerable = [0.2, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    unanswerable = [0.1, 0.3, 0.45, 0.52, 0.7]
+    t = fit_abstention(answerable + unanswerable, [False] * 10 + [True] * 5, max_false_abstain=0.1)
+    assert t.threshold == 0.5  # abstains below 0.5: one answerable question in ten
+    assert t.false_abstain == 0.1 and t.abstain_unanswerable == 0.6
+    none = fit_abstention(answerable, [False] * 10, max_false_abstain=0.0)
+    assert none.threshold == 0.2 and none.false_abstain == 0.0
+
+
+def test_abstention_threshold_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        fit_abstention([0.5], [True])
+    with pytest.raises(ValueError):
+        fit_abstention([0.5, 0.6], [False])

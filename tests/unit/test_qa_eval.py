@@ -89,3 +89,19 @@ def test_outages_are_not_cached(tmp_path: Path) -> None:
     second = run(data, {"rag": answer}, cache_dir=tmp_path)
     assert first["rag"][0].status == "generation_unavailable"
     assert second["rag"][0].status == "answered"
+
+
+def test_citation_validity_checks_numbers_chunks_and_markers() -> None:
+    example = QAExample("1", "Who?", ("Ada",))
+    good = _answer("Ada [1].")
+    sources = good.sources
+    swapped = Answer("Ada [1].", "answered", (Citation(n=1, document="d2", chunk_id="c2", text="t"),),
+                     sources)
+    stray = Answer("Ada [1] [5].", "answered", good.citations, sources)
+    cleaned = Answer("Ada [1].", "answered", good.citations, sources, (7,))
+    assert score(example, "rag", good, 1).citations_valid
+    assert not score(example, "rag", swapped, 1).citations_valid  # [1] is not chunk c2
+    assert not score(example, "rag", stray, 1).citations_valid  # [5] was never given
+    outcome = score(example, "rag", cleaned, 1)
+    assert outcome.citations_valid and outcome.invalid_markers_removed == 1
+    assert summarize([outcome])["answers_with_invalid_markers_removed"] == 1.0

@@ -1,0 +1,74 @@
+"""CRAG's answerability check with the real embedder and store (no model server needed)."""
+
+from pathlib import Path
+
+import pytest
+
+from core.connectors import ReplayConnector
+from core.crag import CorrectiveRag
+from core.runtime import Runtime
+from core.settings import ChunkingSettings, CragSettings
+from core.types import Document, Section
+from ingest.pipeline import IngestPipeline
+
+pytestmark = pytest.mark.integration
+
+FACTS = {
+    "falcons.md": "Zorbanian falcons nest on the basalt cliffs of Mount Keral. "
+                  "They lay two eggs each spring. Their chicks fledge after forty days.",
+    "harbour.md": "The harbour of Port Velm was dredged in 1887. "
+                  "Fishing boats moor on its eastern quay.",
+}
+
+
+@pytest.fixture(scope="module")
+def facts(retrieval_runtime: Runtime) -> str:
+    pipeline = IngestPipeline(store=retrieval_runtime.store, embedder=retrieval_runtime.embedder,
+                              chunking=ChunkingSettings())
+    docs = [Document(source=name, title=name, sections=(Section(text),), content_hash=f"a-{name}")
+            for name, text in FACTS.items()]
+    assert pipeline.ingest_documents(docs, collection="answerability-facts").ok
+    return "answerability-facts"
+
+
+def _crag(runtime: Runtime, answerable_min: float | None) -> CorrectiveRag:
+    # Every retrieval graded correct and every strip kept: only the check can abstain.
+    return CorrectiveRag(runtime.rag(), CragSettings(enabled=True, upper=-1.0, lower=-1.0,
+                                                     strip_min=-1.0, answerable_min=answerable_min))
+
+
+def test_a_supported_question_passes_and_an_unsupported_one_abstains(
+        retrieval_runtime: Runtime, facts: str) -> None:
+    crag = _crag(retrieval_runtime, answerable_min=0.45)
+    supported = crag.prepare("How many eggs do Zorbanian falcons lay?", collection=facts)
+    assert not supported.abstain and supported.trace["best_strip"] >= 0.45
+    assert "two eggs" in supported.sources[0].text
+    unsupported = crag.prepare("Who painted the ceiling of the Sistine Chapel?", collection=facts)
+    assert unsupported.abstain and unsupported.trace["best_strip"] < 0.45
+    assert unsupported.trace["abstained"].startswith("no retrieved sentence supports")
+    assert unsupported.sources  # the closest sources are still listed
+
+
+def test_the_check_is_off_by_default(retrieval_runtime: Runtime, facts: str) -> None:
+    prepared = _crag(retrieval_runtime, answerable_min=None).prepare(
+        "Who painted the ceiling of the Sistine Chapel?", collection=facts)
+    assert not prepared.abstain and "best_strip" in prepared.trace
+
+
+def test_ambiguous_puts_corrective_results_after_the_internal_knowledge(
+        retrieval_runtime: Runtime, facts: str, tmp_path: Path) -> None:
+    question = "How many eggs do Zorbanian falcons lay?"
+    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
+    # Web snippets that name the falcons as exactly as the question does.
+    (tmp_path / "k.txt").write_text(
+        "#Zorbanian falcons: Zorbanian falcons lay eggs. ; "
+        "#Zorbanian falcon eggs: How many eggs Zorbanian falcons lay is unknown.")
+    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+    crag = CorrectiveRag(retrieval_runtime.rag(), CragSettings(
+        enabled=True, upper=0.99, lower=-1.0, strip_min=-1.0), [replay])
+    prepared = crag.prepare(question, collection=facts)
+    assert prepared.trace["action"] == "ambiguous" and not prepared.abstain
+    kinds = ["replay" if s.document.startswith("replay:") else "internal" for s in prepared.sources]
+    assert kinds[0] == "internal" and "replay" in kinds
+    assert kinds == sorted(kinds)  # every internal source before every replayed one
+    assert "two eggs" in prepared.sources[0].text
