@@ -550,15 +550,30 @@ def eval_retrieval(
                                                "qrels/)")],
     collection: Annotated[str, typer.Option(help="collection to ingest the corpus into")],
     out: Annotated[Path, typer.Option(help="folder for retrieval.md and retrieval.json")],
-    modes: Annotated[str, typer.Option(help="comma-separated: dense-float32, dense-binary-rescore")]
+    modes: Annotated[str, typer.Option(help="'all' or comma-separated: bm25, dense-float32, "
+                                            "dense-int8, dense-binary, dense-binary-rescore, "
+                                            "hybrid, hybrid+rerank")]
         = "dense-float32,dense-binary-rescore",
     limit_queries: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N "
                                                                   "judged queries")] = None,
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
     depth: Annotated[int, typer.Option(min=1, help="chunks retrieved per query")] = 250,
     oversample: Annotated[int, typer.Option(min=1, help="binary candidates = depth x this")] = 4,
+    rerank_top_n: Annotated[int | None, typer.Option(
+        min=1, help="hybrid+rerank: candidates reranked (default: VERITY_RERANK__TOP_N)")] = None,
+    rerank_fusion: Annotated[str | None, typer.Option(
+        help="hybrid+rerank: replace, rrf or interpolate (default: VERITY_RERANK__FUSION)")] = None,
+    rerank_weight: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="hybrid+rerank with interpolate: the reranker's share "
+                               "(default: VERITY_RERANK__WEIGHT)")] = None,
 ) -> None:
-    """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports."""
+    """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports.
+
+    Retrieval settings (BM25 k1/b, fusion, candidates, dense mode of hybrid) come from
+    VERITY_RETRIEVAL__*; hybrid+rerank uses VERITY_RERANK__* (with kind none, the
+    cross-encoder tuned by `verity tune reranker`); dense-int8 builds or loads the
+    collection's FAISS index (VERITY_FAISS__*).
+    """
     from eval.datasets import load_beir
     from eval.report import provenance, write_reports
     from eval.retrieval import check_setup, parse_modes
@@ -569,16 +584,20 @@ def eval_retrieval(
         name = validate_collection_name(collection)
         mode_list = parse_modes(modes)
         check_setup(mode_list, depth=depth, oversample=oversample)
-    except ValueError as e:
+        update = {k: v for k, v in {"top_n": rerank_top_n, "fusion": rerank_fusion,
+                                    "weight": rerank_weight}.items() if v is not None}
+        rerank = type(settings.rerank).model_validate({**settings.rerank.model_dump(), **update})
+    except (ValueError, ValidationError) as e:
         raise _fail(str(e)) from None
     data = load_beir(dataset, split=split).limited(limit_queries)
-    result = _ingest_and_evaluate(settings, data, name, mode_list, depth=depth,
-                                  oversample=oversample)
+    result = _ingest_and_evaluate(settings.model_copy(update={"rerank": rerank}), data, name,
+                                  mode_list, depth=depth, oversample=oversample)
     command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
     markdown, report = write_reports(result, provenance(data, command=command), out)
     for m in result.modes:
         typer.echo(f"{m.mode}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
-                   + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms")
+                   + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms, index "
+                   f"{m.index_total_bytes / 2**20:.1f} MiB")
     typer.echo(f"reports: {markdown} {report}")
 
 
@@ -587,7 +606,7 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
-    from eval.retrieval import evaluate_retrieval
+    from eval.retrieval import evaluate_retrieval, mode_index_bytes
     from ingest.pipeline import IngestPipeline
 
     with Database(settings.store, data_dir=settings.data_dir) as db:
@@ -595,9 +614,45 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
         embedder = SentenceTransformerEmbedder(settings.embedder)
         pipeline = IngestPipeline(store=store, embedder=embedder, chunking=settings.chunking)
         _ingest_beir(pipeline, data, collection)
+        int8, int8_bytes = _int8_searcher(settings, db, store, collection) if "dense-int8" in modes \
+            else (None, {})
+        rerank, reranker_bytes = _rerank_setup(settings) if "hybrid+rerank" in modes else (None, 0)
+        sizes = mode_index_bytes(modes, store=store, collection=collection,
+                                 dense_mode=settings.retrieval.dense_mode, int8_bytes=int8_bytes,
+                                 reranker_bytes=reranker_bytes)
         return evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
                                   qrels=data.qrels, collection=collection, modes=modes,
-                                  depth=depth, oversample=oversample)
+                                  depth=depth, oversample=oversample, retrieval=settings.retrieval,
+                                  rerank=rerank, int8=int8, index_bytes=sizes)
+
+
+def _int8_searcher(settings: Settings, db: Any, store: Any, collection: str) -> tuple[Any, dict[str, int]]:
+    """The FAISS int8 searcher (the index loaded, or built and saved) and its sizes."""
+    from core.stores.faiss_index import FaissAccelerator
+    from eval.retrieval import faiss_int8_searcher
+
+    accelerator = FaissAccelerator(db, data_dir=settings.data_dir, settings=settings.faiss)
+    index, _ = accelerator.load_or_build(collection)
+    sizes = {"faiss_binary": index.ram_bytes(), "int8_codes": int(index.codes.nbytes)}
+    return faiss_int8_searcher(accelerator, store, collection=collection), sizes
+
+
+def _rerank_setup(settings: Settings) -> tuple[Any, int]:
+    """The reranker of hybrid+rerank (the tuned cross-encoder when none is configured), loaded,
+    and the bytes of its weights when it runs in process."""
+    from core.rerankers import build_reranker
+    from eval.retrieval import RerankSetup
+
+    cfg = settings.rerank
+    if cfg.kind == "none":
+        cfg = cfg.model_copy(update={"kind": "cross-encoder"})
+    reranker = build_reranker(cfg, data_dir=settings.data_dir, llm_base_url=settings.llm.base_url)
+    assert reranker is not None
+    getattr(reranker, "warm_up", lambda: None)()
+    path = Path(getattr(reranker, "path", "")) if cfg.kind == "cross-encoder" else None
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) if path and path.is_dir() else 0
+    return RerankSetup(reranker=reranker, top_n=cfg.top_n, fusion=cfg.fusion,
+                       weight=cfg.weight), weights
 
 
 def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -> None:

@@ -3,10 +3,12 @@
 No questions or judgements are read, only the collection's chunks:
 
 1. **Pseudo-queries** come from each sampled chunk: its document's title (first
-   chunk only) or its heading, else its first sentence; and, optionally, one
-   sentence from the middle of the chunk (the inverse cloze task of Lee et al.,
-   2019). A sentence used as a query is removed from the passage, so the model
-   cannot learn to spot copied text.
+   chunk only) or its heading, else its first sentence; optionally one sentence
+   from the middle of the chunk (the inverse cloze task of Lee et al., 2019); and
+   optionally its last sentence, which in abstracts and reports is usually the
+   finding ("X is associated with Y"), the shape of a claim or a factual question.
+   A sentence used as a query is removed from the passage, so the model cannot
+   learn to spot copied text.
 2. **Positives** are the source chunks. **Hard negatives** are what BM25 and
    dense search return for the pseudo-query from *other* documents (and never a
    passage that contains the query verbatim); random chunks of other documents
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QueryKind = Literal["title", "heading", "first-sentence", "inner-sentence"]
+QueryKind = Literal["title", "heading", "first-sentence", "inner-sentence", "last-sentence"]
 Loss = Literal["listwise", "bce"]
 Search = Callable[[Sequence[str]], list[list[ScoredChunk]]]
 """Ranked hits for each of a batch of query texts."""
@@ -139,14 +141,25 @@ def inner_query(hit: ScoredChunk, *, rng: random.Random) -> PseudoQuery | None:
                        chunk_id=hit.chunk.id, document_id=hit.chunk.document_id)
 
 
+def last_query(hit: ScoredChunk) -> PseudoQuery | None:
+    """The chunk's last sentence (in an abstract, usually its conclusion) as a query."""
+    sentences = split_sentences(hit.chunk.text)
+    if len(sentences) < 3 or not _usable(sentences[-1]):
+        return None
+    return PseudoQuery(sentences[-1], "last-sentence",
+                       passage_text(hit, with_context=True, remove=sentences[-1]),
+                       chunk_id=hit.chunk.id, document_id=hit.chunk.document_id)
+
+
 def pseudo_queries(chunks: Sequence[ScoredChunk], *, rng: random.Random,
-                   inner_sentences: bool = True) -> list[PseudoQuery]:
+                   inner_sentences: bool = True, last_sentences: bool = False) -> list[PseudoQuery]:
     """Every pseudo-query the chunks give, in chunk order."""
     queries: list[PseudoQuery] = []
     for hit in chunks:
         lead = lead_query(hit)
         inner = inner_query(hit, rng=rng) if inner_sentences else None
-        queries.extend(q for q in (lead, inner) if q is not None)
+        last = last_query(hit) if last_sentences else None
+        queries.extend(q for q in (lead, inner, last) if q is not None)
     return queries
 
 
@@ -407,6 +420,7 @@ class TuneOptions:
     heldout: int = 100
     depth: int = 20
     inner_sentences: bool = True
+    last_sentences: bool = False
     seed: int = 0
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
@@ -426,10 +440,11 @@ def mine_training_data(store: PgvectorStore, embedder: Embedder, *, collection: 
     started = time.perf_counter()
     rng = random.Random(options.seed)
     wanted = options.max_pairs // (1 + options.negatives) + options.heldout
-    per_chunk = 2 if options.inner_sentences else 1
+    per_chunk = 1 + int(options.inner_sentences) + int(options.last_sentences)
     chunks = store.sample_chunks(collection=collection, limit=math.ceil(1.5 * wanted / per_chunk)
                                  + 4 * options.negatives, seed=str(options.seed))
-    queries = pseudo_queries(chunks, rng=rng, inner_sentences=options.inner_sentences)[:wanted]
+    queries = pseudo_queries(chunks, rng=rng, inner_sentences=options.inner_sentences,
+                             last_sentences=options.last_sentences)[:wanted]
     log.info("%d pseudo-queries from %d chunks; mining negatives", len(queries), len(chunks))
     searchers = store_searchers(store, embedder, collection=collection, depth=options.depth,
                                 k1=options.bm25_k1, b=options.bm25_b)

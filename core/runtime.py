@@ -45,7 +45,8 @@ class Runtime:
                            generator=self.generator, prompts=self.prompts,
                            settings=self.settings.retrieval, pii=self.settings.pii,
                            reranker=self.reranker, rerank_top_n=self.settings.rerank.top_n,
-                           rerank_fusion=self.settings.rerank.fusion)
+                           rerank_fusion=self.settings.rerank.fusion,
+                           rerank_weight=self.settings.rerank.weight)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""
