@@ -376,8 +376,13 @@ def smooth(curve: Sequence[float], *, points: int = 50) -> list[float]:
             for i in range(0, len(curve), size)]
 
 
-def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
-    """Save ``model`` and ``training_report.json`` to ``out``.
+def save_model(model: Any, out: Path, *, report: dict[str, Any],
+               heldout: Sequence[TrainingGroup] = ()) -> None:
+    """Save ``model``, ``training_report.json`` and the held-out groups to ``out``.
+
+    The held-out groups (``heldout.jsonl``: query, kind, positive, negatives,
+    document id) come from documents the model never trained on, so they can be
+    used later to choose settings such as the reranker's interpolation weight.
 
     What was there is replaced only once the new copy is complete, so a killed
     run never leaves a half-written model for the service to load.
@@ -391,6 +396,8 @@ def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
     (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (partial / HELDOUT_NAME).write_text(
+        "".join(json.dumps(asdict(g)) + "\n" for g in heldout), encoding="utf-8")
     if out.exists():
         out.rename(old)
     partial.rename(out)
@@ -398,6 +405,21 @@ def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
 
 
 REPORT_NAME = "training_report.json"
+HELDOUT_NAME = "heldout.jsonl"
+
+
+def load_heldout(directory: Path) -> list[TrainingGroup]:
+    """The held-out groups :func:`save_model` wrote to ``directory`` (none if it wrote none)."""
+    path = directory / HELDOUT_NAME
+    if not path.is_file():
+        return []
+    groups = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        raw = json.loads(line)
+        groups.append(TrainingGroup(query=raw["query"], kind=raw["kind"], positive=raw["positive"],
+                                    negatives=tuple(raw["negatives"]),
+                                    document_id=raw["document_id"]))
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +511,7 @@ def tune_reranker(
     after = mean_reciprocal_rank(model, data.heldout)
     report = training_report(data, options=options, collection=collection, base_model=base_model,
                              curve=curve, seconds=seconds, mrr=(before, after))
-    save_model(model, out, report=report)
+    save_model(model, out, report=report, heldout=data.heldout)
     return report
 
 
