@@ -391,6 +391,11 @@ def tune_reranker(
         help="where to save (default: DATA_DIR/models/reranker, which the cross-encoder "
              "reranker loads)")] = None,
     seed: Annotated[int, typer.Option(help="fixes sampling and training order")] = 0,
+    inner_sentences: Annotated[bool, typer.Option(
+        help="also a sentence from the middle of each chunk as a pseudo-query")] = True,
+    last_sentences: Annotated[bool, typer.Option(
+        help="also the last sentence of each chunk (an abstract's finding) as a pseudo-query")]
+        = False,
 ) -> None:
     """Fine-tune a cross-encoder reranker on a collection, without labels.
 
@@ -414,7 +419,8 @@ def tune_reranker(
     target = (out or default_reranker_dir(settings.data_dir)).expanduser()
     options = TuneOptions(max_pairs=max_pairs, epochs=epochs, negatives=negatives,
                           loss=loss, heldout=heldout, seed=seed,  # type: ignore[arg-type]
-                          max_length=max_length,
+                          max_length=max_length, inner_sentences=inner_sentences,
+                          last_sentences=last_sentences,
                           bm25_k1=settings.retrieval.bm25_k1, bm25_b=settings.retrieval.bm25_b)
     with Database(settings.store, data_dir=settings.data_dir) as db:
         store = PgvectorStore(db)
