@@ -7,12 +7,14 @@ each runnable alone (``all`` runs them in turn); the data directory is
 * ``train``: ``verity tune reranker --collection scifact`` with the options given.
   It reads the corpus's chunks only, never a query or a judgement.
 * ``weight``: chooses ``rerank.weight`` (and compares the fusions) without any
-  evaluation query. The model's held-out pseudo-queries (``heldout.jsonl``, from
-  documents it never trained on) are made into a validation set: the collection
-  is copied to ``scifact-heldout`` with each pseudo-query's sentence (or title)
-  removed from its document, which is re-embedded, so that, like a real claim,
-  the query is not in the corpus word for word. Hybrid + reranker runs on that
-  copy for each weight; the best nDCG@10 wins (ties go to the smaller weight).
+  evaluation query. Pseudo-queries from documents the model never trained on
+  (its ``heldout.jsonl``; for a model saved without one, sentences of documents
+  outside the chunks its training sampled, which its ``training_report.json``
+  identifies) are made into a validation set: the collection is copied to
+  ``scifact-heldout`` with those sentences removed from their documents, which are
+  re-embedded, so that, like a real claim, a query is not in the corpus word for
+  word. Hybrid + reranker runs on that copy for each weight; the best nDCG@10 wins
+  (ties go to the smaller weight).
 * ``eval``: ``verity eval retrieval --modes all`` on the 300 test queries with
   the chosen fusion and weight; writes ``retrieval.md`` and ``retrieval.json``.
 
@@ -28,6 +30,7 @@ import argparse
 import hashlib
 import json
 import logging
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -61,7 +64,7 @@ def cli(*args: str) -> None:
 
 def copy_without_queries(settings: Settings, *, heldout: Sequence[Any]) -> tuple[dict[str, str],
                                                                                dict[str, dict[str, int]]]:
-    """Copy the collection with each held-out query removed from its document; returns the
+    """Copy the collection with the held-out queries removed from their documents; returns the
     validation queries and qrels (query -> its document's source)."""
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
@@ -77,9 +80,9 @@ def copy_without_queries(settings: Settings, *, heldout: Sequence[Any]) -> tuple
         documents: dict[str, list[ScoredChunk]] = {}
         for hit in store.sample_chunks(collection=COLLECTION, limit=10_000_000):
             documents.setdefault(hit.chunk.document_id, []).append(hit)
-        query_of = {}
-        for group in heldout:  # one query per document: the first held out from it
-            query_of.setdefault(group.document_id, group)
+        query_of: dict[str, list[Any]] = {}
+        for group in heldout:
+            query_of.setdefault(group.document_id, []).append(group)
         if HELDOUT_COLLECTION in {s.name for s in store.stats()}:
             store.delete_collection(HELDOUT_COLLECTION)
         store.ensure_collection(HELDOUT_COLLECTION, embed_model=embedder.name, embed_dim=embedder.dim)
@@ -87,15 +90,15 @@ def copy_without_queries(settings: Settings, *, heldout: Sequence[Any]) -> tuple
         qrels: dict[str, dict[str, int]] = {}
         for doc_id, hits in documents.items():
             hits.sort(key=lambda h: h.chunk.ordinal)
-            group = query_of.get(doc_id)
+            groups = query_of.get(doc_id, [])
             title, texts = hits[0].title, [h.chunk.text for h in hits]
-            if group is not None:
+            for group in groups:
                 title, texts, removed = _remove(group, title=title, texts=texts)
                 if removed:
                     qid = f"h{len(queries)}"
                     queries[qid], qrels[qid] = group.query, {hits[0].source: 1}
             _write(store, embedder, hits, title=title, texts=texts,
-                   vectors=None if group else np.stack([vector_of[h.chunk.id] for h in hits]),
+                   vectors=None if groups else np.stack([vector_of[h.chunk.id] for h in hits]),
                    embedding_text=embedding_text)
     return queries, qrels
 
@@ -162,10 +165,37 @@ class MemoReranker:
                 for i in order]
 
 
+def validation_queries(settings: Settings, model_dir: Path, *, n: int = 300) -> list[Any]:
+    """Pseudo-queries from documents the model never trained on: its held-out groups, or, for a
+    model saved without them, one sentence (first, inner or last) of each of ``n`` documents
+    outside the chunks its training sampled (a title would be no claim)."""
+    from core.rerank_training import REPORT_NAME, TrainingGroup, load_heldout, pseudo_queries
+    from core.stores.database import Database
+    from core.stores.pgvector_store import PgvectorStore
+
+    heldout = load_heldout(model_dir)
+    if heldout:
+        return heldout
+    report = json.loads((model_dir / REPORT_NAME).read_text(encoding="utf-8"))
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        store = PgvectorStore(db)
+        trained = {h.chunk.document_id for h in store.sample_chunks(
+            collection=COLLECTION, limit=report["chunks_sampled"], seed=str(report["options"]["seed"]))}
+        pool = [h for h in store.sample_chunks(collection=COLLECTION, limit=4 * n, seed="validation")
+                if h.chunk.document_id not in trained]
+    rng = random.Random(0)
+    by_document: dict[str, list[Any]] = {}
+    for query in pseudo_queries(pool, rng=rng, inner_sentences=True, last_sentences=True):
+        if query.kind not in ("title", "heading"):
+            by_document.setdefault(query.document_id, []).append(query)
+    chosen = [rng.choice(queries) for queries in list(by_document.values())[:n]]
+    return [TrainingGroup(query=q.text, kind=q.kind, positive=q.positive, negatives=(),
+                          document_id=q.document_id) for q in chosen]
+
+
 def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
     """Validation nDCG@10 of hybrid and of each fusion and weight; the best weight."""
     from core.embedders import SentenceTransformerEmbedder
-    from core.rerank_training import load_heldout
     from core.rerankers import build_reranker, default_reranker_dir
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
@@ -173,9 +203,8 @@ def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
 
     started = time.perf_counter()
     model = settings.rerank.model
-    heldout = load_heldout(Path(model) if model else default_reranker_dir(settings.data_dir))
-    if not heldout:
-        raise SystemExit("the tuned model has no heldout.jsonl; run the train step first")
+    heldout = validation_queries(settings, Path(model) if model else
+                                 default_reranker_dir(settings.data_dir))
     queries, qrels = copy_without_queries(settings, heldout=heldout)
     copied = time.perf_counter() - started
     cfg = settings.rerank.model_copy(update={"kind": "cross-encoder"})
