@@ -147,6 +147,21 @@ class MemoStore:
         return self._seen[key]
 
 
+class MemoEmbedder:
+    """An embedder whose query vectors are remembered: the same text gives the same bytes, so
+    :class:`MemoStore` recognises the search (threaded BLAS can differ in the last bits)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+        self.name = embedder.name
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def embed_query(self, text: str) -> np.ndarray:
+        if text not in self._vectors:
+            self._vectors[text] = self._embedder.embed_query(text)
+        return self._vectors[text]
+
+
 class MemoReranker:
     """A reranker whose (query, chunk) scores are remembered."""
 
@@ -212,7 +227,7 @@ def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
     results: dict[str, float] = {}
     with Database(settings.store, data_dir=settings.data_dir) as db:
         store = MemoStore(PgvectorStore(db))
-        embedder = SentenceTransformerEmbedder(settings.embedder)
+        embedder = MemoEmbedder(SentenceTransformerEmbedder(settings.embedder))
         runs = [("replace", 1.0), ("rrf", 0.5)] + [("interpolate", w) for w in WEIGHTS]
         for fusion, weight in runs:
             result = evaluate_retrieval(
