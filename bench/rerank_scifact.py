@@ -1,236 +1,275 @@
-"""Reranking on SciFact: BM25, dense, hybrid (RRF) and hybrid + a reranker tuned on the corpus.
+"""SciFact: tune the reranker on the corpus, choose its weight on held-out pseudo-queries, report.
 
-A standalone benchmark, independent of ``verity eval``. Three steps, each
-runnable alone (``ingest`` and ``train`` write under ``VERITY_DATA_DIR``):
+A thin wrapper over the CLI for the figures in docs/BENCHMARKS.md. Three steps,
+each runnable alone (``all`` runs them in turn); the data directory is
+``VERITY_DATA_DIR``, the collection ``scifact``:
 
-* ``ingest``: the BEIR SciFact corpus into a collection (source = ``_id``, the
-  title, the abstract as one section); idempotent.
-* ``train``: ``tune_reranker`` on the collection. It reads the corpus only, never
-  a query or a judgement.
-* ``eval``: nDCG@10 on the 300 test queries for each retriever, with trec_eval
-  conventions: a ranked chunk stands for its document (``source``), each document
-  counts once at its best chunk's rank, relevance is the qrels score, and every
-  query in ``qrels/test.tsv`` counts (an empty ranking scores 0).
+* ``train``: ``verity tune reranker --collection scifact`` with the options given.
+  It reads the corpus's chunks only, never a query or a judgement.
+* ``weight``: chooses ``rerank.weight`` (and compares the fusions) without any
+  evaluation query. Pseudo-queries from documents the model never trained on
+  (its ``heldout.jsonl``; for a model saved without one, sentences of documents
+  outside the chunks its training sampled, which its ``training_report.json``
+  identifies) are made into a validation set: the collection is copied to
+  ``scifact-heldout`` with those sentences removed from their documents, which are
+  re-embedded, so that, like a real claim, a query is not in the corpus word for
+  word. Hybrid + reranker runs on that copy for each weight; the best nDCG@10 wins
+  (ties go to the smaller weight).
+* ``eval``: ``verity eval retrieval --modes all`` on the 300 test queries with
+  the chosen fusion and weight; writes ``retrieval.md`` and ``retrieval.json``.
 
-Run from the repository root:
+Run from the repository root (``--weight`` skips the ``weight`` step's choice)::
 
-    VERITY_DATA_DIR=/tmp/rerank-data HF_HUB_OFFLINE=1 PYTHONPATH=$PWD \\
-        OMP_NUM_THREADS=1 python bench/rerank_scifact.py all --max-pairs 3600 --max-length 128
+    VERITY_DATA_DIR=... HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python bench/rerank_scifact.py all \\
+        --out reports/scifact -- --max-pairs 6000 --max-length 128 --last-sentences
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
-import math
+import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.settings import RetrievalSettings, Settings
-from core.types import Document, ScoredChunk, Section
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core.settings import Settings  # noqa: E402
+from core.types import Document, ScoredChunk, Section, chunk_id, document_id  # noqa: E402
+
 DATASET = REPO.parent / "shared" / "datasets" / "scifact"
 COLLECTION = "scifact"
+HELDOUT_COLLECTION = "scifact-heldout"
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 log = logging.getLogger("bench")
 
 
-def load_corpus(path: Path, *, fingerprint: str) -> Iterator[Document]:
-    """SciFact's ``corpus.jsonl`` as documents: source = ``_id``, title, one text section."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            digest = hashlib.sha256(f"{fingerprint}\x00{line}".encode()).hexdigest()
-            yield Document(source=str(row["_id"]), title=row.get("title", ""),
-                           sections=(Section(text=row.get("text", "")),), content_hash=digest)
+def cli(*args: str) -> None:
+    """Run ``verity ARGS`` in this process."""
+    from cli.main import app
+
+    log.info("verity %s", " ".join(args))
+    app(list(args), standalone_mode=False)
 
 
-def load_queries(path: Path, *, ids: set[str]) -> dict[str, str]:
-    """Query id -> text, for the ids given."""
-    with path.open(encoding="utf-8") as f:
-        rows = (json.loads(line) for line in f)
-        return {str(r["_id"]): r["text"] for r in rows if str(r["_id"]) in ids}
-
-
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """Query id -> {document id: relevance} from a BEIR ``qrels/*.tsv``."""
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return qrels
-
-
-def document_ranking(hits: Sequence[ScoredChunk], *, depth: int = 10) -> list[str]:
-    """The first ``depth`` distinct documents, each at its best chunk's rank."""
-    seen: list[str] = []
-    for hit in hits:
-        if hit.source not in seen:
-            seen.append(hit.source)
-        if len(seen) == depth:
-            break
-    return seen
-
-
-def ndcg_at_k(ranking: Sequence[str], relevant: dict[str, int], *, k: int = 10) -> float:
-    """nDCG@k with linear gains and log2 discounts, as trec_eval's ``ndcg_cut``."""
-    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 1)
-              for rank, doc in enumerate(ranking[:k], start=1))
-    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
-    return dcg / idcg if idcg else 0.0
-
-
-def ingest(settings: Settings, *, dataset: Path, collection: str) -> dict[str, Any]:
-    """Ingest the corpus (idempotent: unchanged documents are skipped)."""
+def copy_without_queries(settings: Settings, *, heldout: Sequence[Any]) -> tuple[dict[str, str],
+                                                                               dict[str, dict[str, int]]]:
+    """Copy the collection with the held-out queries removed from their documents; returns the
+    validation queries and qrels (query -> its document's source)."""
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
+    from core.stores.faiss_index import read_collection
     from core.stores.pgvector_store import PgvectorStore
-    from ingest.pipeline import IngestPipeline
+    from ingest.splitter import embedding_text
 
     with Database(settings.store, data_dir=settings.data_dir) as db:
-        pipeline = IngestPipeline(store=PgvectorStore(db),
-                                  embedder=SentenceTransformerEmbedder(settings.embedder),
-                                  chunking=settings.chunking)
-        started = time.perf_counter()
-        report = pipeline.ingest_documents(
-            load_corpus(dataset / "corpus.jsonl", fingerprint=pipeline.fingerprint),
-            collection=collection)
-        seconds = time.perf_counter() - started
-    log.info("%s", report.summary())
-    return {"documents": len(report.added) + len(report.updated) + len(report.unchanged),
-            "chunks_written": report.chunks_written, "seconds": round(seconds, 1)}
+        store, embedder = PgvectorStore(db), SentenceTransformerEmbedder(settings.embedder)
+        _, ids, vectors = read_collection(db, tenant=store.tenant, collection=COLLECTION,
+                                          batch_size=5000)
+        vector_of = dict(zip(ids, vectors, strict=True))
+        documents: dict[str, list[ScoredChunk]] = {}
+        for hit in store.sample_chunks(collection=COLLECTION, limit=10_000_000):
+            documents.setdefault(hit.chunk.document_id, []).append(hit)
+        query_of: dict[str, list[Any]] = {}
+        for group in heldout:
+            query_of.setdefault(group.document_id, []).append(group)
+        if HELDOUT_COLLECTION in {s.name for s in store.stats()}:
+            store.delete_collection(HELDOUT_COLLECTION)
+        store.ensure_collection(HELDOUT_COLLECTION, embed_model=embedder.name, embed_dim=embedder.dim)
+        queries: dict[str, str] = {}
+        qrels: dict[str, dict[str, int]] = {}
+        for doc_id, hits in documents.items():
+            hits.sort(key=lambda h: h.chunk.ordinal)
+            groups = query_of.get(doc_id, [])
+            title, texts = hits[0].title, [h.chunk.text for h in hits]
+            for group in groups:
+                title, texts, removed = _remove(group, title=title, texts=texts)
+                if removed:
+                    qid = f"h{len(queries)}"
+                    queries[qid], qrels[qid] = group.query, {hits[0].source: 1}
+            _write(store, embedder, hits, title=title, texts=texts,
+                   vectors=None if groups else np.stack([vector_of[h.chunk.id] for h in hits]),
+                   embedding_text=embedding_text)
+    return queries, qrels
 
 
-def train(settings: Settings, *, collection: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Tune the reranker on the collection's text; returns the training report."""
-    from core.embedders import SentenceTransformerEmbedder
-    from core.models import resolve_embedder
-    from core.rerank_training import TuneOptions, tune_reranker
-    from core.rerankers import default_reranker_dir
+def _remove(group: Any, *, title: str, texts: list[str]) -> tuple[str, list[str], bool]:
+    if group.kind in ("title", "heading"):
+        return "", texts, True
+    for i, text in enumerate(texts):
+        if group.query in text:
+            return title, [*texts[:i], " ".join(text.replace(group.query, " ", 1).split()),
+                           *texts[i + 1:]], True
+    return title, texts, False
+
+
+def _write(store: Any, embedder: Any, hits: list[ScoredChunk], *, title: str, texts: list[str],
+           vectors: np.ndarray | None, embedding_text: Any) -> None:
+    source = hits[0].source
+    new_id = document_id(collection=f"{store.tenant}/{HELDOUT_COLLECTION}", source=source)
+    chunks = [replace(h.chunk, id=chunk_id(new_id, h.chunk.ordinal), document_id=new_id, text=t)
+              for h, t in zip(hits, texts, strict=True)]
+    if vectors is None:
+        vectors = embedder.embed_documents([embedding_text(c, title=title) for c in chunks])
+    document = Document(source=source, title=title, sections=(Section(text=" ".join(texts)),),
+                        content_hash=hashlib.sha256("\x00".join([title, *texts]).encode()).hexdigest())
+    store.write_document(collection=HELDOUT_COLLECTION, document=document, chunks=chunks,
+                         embeddings=np.asarray(vectors, dtype=np.float32))
+
+
+class MemoStore:
+    """A store whose searches are remembered, so that settings can be compared on one run."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._seen: dict[Any, list[ScoredChunk]] = {}
+
+    def search_dense(self, *, query: np.ndarray, **kwargs: Any) -> list[ScoredChunk]:
+        key = ("dense", query.tobytes(), tuple(sorted(kwargs.items())))
+        if key not in self._seen:
+            self._seen[key] = self._store.search_dense(query=query, **kwargs)
+        return self._seen[key]
+
+    def search_lexical(self, **kwargs: Any) -> list[ScoredChunk]:
+        key = ("bm25", tuple(sorted(kwargs.items())))
+        if key not in self._seen:
+            self._seen[key] = self._store.search_lexical(**kwargs)
+        return self._seen[key]
+
+
+class MemoEmbedder:
+    """An embedder whose query vectors are remembered: the same text gives the same bytes, so
+    :class:`MemoStore` recognises the search (threaded BLAS can differ in the last bits)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+        self.name = embedder.name
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def embed_query(self, text: str) -> np.ndarray:
+        if text not in self._vectors:
+            self._vectors[text] = self._embedder.embed_query(text)
+        return self._vectors[text]
+
+
+class MemoReranker:
+    """A reranker whose (query, chunk) scores are remembered."""
+
+    def __init__(self, reranker: Any) -> None:
+        self._reranker = reranker
+        self.name = reranker.name
+        self._scores: dict[tuple[str, str], float] = {}
+
+    def rerank(self, query: str, hits: Sequence[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
+        new = [h for h in hits if (query, h.chunk.id) not in self._scores]
+        for hit in self._reranker.rerank(query, new, top_k=len(new)) if new else []:
+            self._scores[(query, hit.chunk.id)] = hit.scores["rerank"]
+        scored = {i: self._scores[(query, h.chunk.id)] for i, h in enumerate(hits)}
+        order = sorted(scored, key=lambda i: (-scored[i], i))[:top_k]
+        return [replace(hits[i], score=scored[i], scores={**hits[i].scores, "rerank": scored[i]})
+                for i in order]
+
+
+def validation_queries(settings: Settings, model_dir: Path, *, n: int = 300) -> list[Any]:
+    """Pseudo-queries from documents the model never trained on: its held-out groups, or, for a
+    model saved without them, one sentence (first, inner or last) of each of ``n`` documents
+    outside the chunks its training sampled (a title would be no claim)."""
+    from core.rerank_training import REPORT_NAME, TrainingGroup, load_heldout, pseudo_queries
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
 
-    options = TuneOptions(max_pairs=args.max_pairs, epochs=args.epochs, negatives=args.negatives,
-                          heldout=args.heldout, loss=args.loss, max_length=args.max_length,
-                          learning_rate=args.learning_rate, batch_groups=args.batch_groups,
-                          bm25_k1=settings.retrieval.bm25_k1, bm25_b=settings.retrieval.bm25_b)
+    heldout = load_heldout(model_dir)
+    if heldout:
+        return heldout
+    report = json.loads((model_dir / REPORT_NAME).read_text(encoding="utf-8"))
+    with Database(settings.store, data_dir=settings.data_dir) as db:
+        store = PgvectorStore(db)
+        trained = {h.chunk.document_id for h in store.sample_chunks(
+            collection=COLLECTION, limit=report["chunks_sampled"], seed=str(report["options"]["seed"]))}
+        pool = [h for h in store.sample_chunks(collection=COLLECTION, limit=4 * n, seed="validation")
+                if h.chunk.document_id not in trained]
+    rng = random.Random(0)
+    by_document: dict[str, list[Any]] = {}
+    for query in pseudo_queries(pool, rng=rng, inner_sentences=True, last_sentences=True):
+        if query.kind not in ("title", "heading"):
+            by_document.setdefault(query.document_id, []).append(query)
+    chosen = [rng.choice(queries) for queries in list(by_document.values())[:n]]
+    return [TrainingGroup(query=q.text, kind=q.kind, positive=q.positive, negatives=(),
+                          document_id=q.document_id) for q in chosen]
+
+
+def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
+    """Validation nDCG@10 of hybrid and of each fusion and weight; the best weight."""
+    from core.embedders import SentenceTransformerEmbedder
+    from core.rerankers import build_reranker, default_reranker_dir
+    from core.stores.database import Database
+    from core.stores.pgvector_store import PgvectorStore
+    from eval.retrieval import RerankSetup, evaluate_retrieval
+
     started = time.perf_counter()
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if step % 25 == 0 or step == total:
-            log.info("step %d/%d loss %.3f (%.0fs)", step, total, loss,
-                     time.perf_counter() - started)
-
+    model = settings.rerank.model
+    heldout = validation_queries(settings, Path(model) if model else
+                                 default_reranker_dir(settings.data_dir))
+    queries, qrels = copy_without_queries(settings, heldout=heldout)
+    copied = time.perf_counter() - started
+    cfg = settings.rerank.model_copy(update={"kind": "cross-encoder"})
+    reranker = MemoReranker(build_reranker(cfg, data_dir=settings.data_dir))
+    results: dict[str, float] = {}
     with Database(settings.store, data_dir=settings.data_dir) as db:
-        report = tune_reranker(PgvectorStore(db), SentenceTransformerEmbedder(settings.embedder),
-                               collection=collection, options=options, on_step=on_step,
-                               base_model=resolve_embedder(settings.embedder.model),
-                               out=default_reranker_dir(settings.data_dir))
-    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
-    return report
-
-
-def runs(settings: Settings, *, rerank_top_n: int) -> dict[str, tuple[RetrievalSettings, str]]:
-    """The retrievers compared: name -> (retrieval settings, rerank fusion or "" for none)."""
-    r = settings.retrieval
-    return {
-        f"bm25 (k1={r.bm25_k1}, b={r.bm25_b})": (r.model_copy(update={"mode": "bm25"}), ""),
-        "bm25 (k1=1.2, b=0.75)": (r.model_copy(update={"mode": "bm25", "bm25_k1": 1.2,
-                                                       "bm25_b": 0.75}), ""),
-        "dense": (r.model_copy(update={"mode": "dense"}), ""),
-        "hybrid (RRF)": (r.model_copy(update={"mode": "hybrid", "fusion": "rrf"}), ""),
-        "hybrid (RRF, BM25 k1=1.2, b=0.75)": (r.model_copy(update={
-            "mode": "hybrid", "fusion": "rrf", "bm25_k1": 1.2, "bm25_b": 0.75}), ""),
-        f"hybrid + tuned reranker (top {rerank_top_n}, replace)": (
-            r.model_copy(update={"mode": "hybrid", "fusion": "rrf"}), "replace"),
-        f"hybrid + tuned reranker (top {rerank_top_n}, rrf)": (
-            r.model_copy(update={"mode": "hybrid", "fusion": "rrf"}), "rrf"),
-    }
-
-
-def evaluate(settings: Settings, *, dataset: Path, collection: str,
-             rerank_top_n: int, only: Sequence[str] = ()) -> dict[str, Any]:
-    """nDCG@10 and time per query of each retriever on the test queries."""
-    from core.embedders import SentenceTransformerEmbedder
-    from core.prompts import PromptLibrary
-    from core.rag import RagPipeline
-    from core.rerankers import build_reranker
-    from core.stores.database import Database
-    from core.stores.pgvector_store import PgvectorStore
-
-    qrels = load_qrels(dataset / "qrels" / "test.tsv")
-    queries = load_queries(dataset / "queries.jsonl", ids=set(qrels))
-    reranker = build_reranker(settings.rerank.model_copy(update={"kind": "cross-encoder"}),
-                              data_dir=settings.data_dir)
-    results: dict[str, Any] = {}
-    with Database(settings.store, data_dir=settings.data_dir) as db:
-        embedder = SentenceTransformerEmbedder(settings.embedder)
-        for name, (retrieval, rerank) in runs(settings, rerank_top_n=rerank_top_n).items():
-            if only and not any(o in name for o in only):
-                continue
-            rag = RagPipeline(store=PgvectorStore(db), embedder=embedder, generator=None,
-                              prompts=PromptLibrary.load(), settings=retrieval,
-                              reranker=reranker if rerank else None, rerank_top_n=rerank_top_n,
-                              rerank_fusion=rerank or "replace")
-            results[name] = score_run(rag, queries, qrels, collection=collection,
-                                      top_k=rerank_top_n if rerank else 50)
-            log.info("%s: nDCG@10 %.4f", name, results[name]["ndcg@10"])
-    return results
-
-
-def score_run(rag: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]], *,
-              collection: str, top_k: int) -> dict[str, Any]:
-    """Mean nDCG@10 over every query in ``qrels`` and the mean seconds per query."""
-    total, started = 0.0, time.perf_counter()
-    for qid, relevant in qrels.items():
-        text = queries.get(qid)
-        hits = rag.retrieve(text, collection=collection, top_k=top_k) if text else []
-        total += ndcg_at_k(document_ranking(hits), relevant)
-    seconds = time.perf_counter() - started
-    return {"ndcg@10": round(total / len(qrels), 4), "queries": len(qrels),
-            "seconds_per_query": round(seconds / len(qrels), 3)}
+        store = MemoStore(PgvectorStore(db))
+        embedder = MemoEmbedder(SentenceTransformerEmbedder(settings.embedder))
+        runs = [("replace", 1.0), ("rrf", 0.5)] + [("interpolate", w) for w in WEIGHTS]
+        for fusion, weight in runs:
+            result = evaluate_retrieval(
+                store=store, embedder=embedder, queries=queries, qrels=qrels,
+                collection=HELDOUT_COLLECTION, modes=["hybrid", "hybrid+rerank"], depth=100,
+                retrieval=settings.retrieval,
+                rerank=RerankSetup(reranker=reranker, top_n=top_n, fusion=fusion, weight=weight))
+            results["hybrid"] = round(result.modes[0].metrics["ndcg@10"], 4)
+            name = fusion if fusion != "interpolate" else f"interpolate {weight}"
+            results[name] = round(result.modes[1].metrics["ndcg@10"], 4)
+            log.info("validation nDCG@10: hybrid %.4f, %s %.4f", results["hybrid"], name, results[name])
+    best = max(WEIGHTS, key=lambda w: (results[f"interpolate {w}"], -w))
+    return {"queries": len(queries), "top_n": top_n, "ndcg@10": results, "weight": best,
+            "seconds": {"copy": round(copied, 1), "total": round(time.perf_counter() - started, 1)}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("step", choices=["ingest", "train", "eval", "all"])
+    parser.add_argument("step", choices=["train", "weight", "eval", "all"])
     parser.add_argument("--dataset", type=Path, default=DATASET)
-    parser.add_argument("--collection", default=COLLECTION)
-    parser.add_argument("--max-pairs", type=int, default=3600)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--negatives", type=int, default=3)
-    parser.add_argument("--heldout", type=int, default=50)
-    parser.add_argument("--loss", choices=["listwise", "bce"], default="listwise")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--batch-groups", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--rerank-top-n", type=int, default=30)
-    parser.add_argument("--only", nargs="*", default=[], help="eval: runs whose name contains these")
-    parser.add_argument("--out", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--out", type=Path, default=Path("reports") / "scifact")
+    parser.add_argument("--top-n", type=int, default=30, help="candidates reranked")
+    parser.add_argument("--weight", type=float, help="use this weight; skip choosing one")
+    parser.add_argument("tune_args", nargs="*", help="after --: options of verity tune reranker")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    results: dict[str, Any] = {}
-    if args.step in ("ingest", "all"):
-        results["ingest"] = ingest(settings, dataset=args.dataset, collection=args.collection)
     if args.step in ("train", "all"):
-        results["train"] = train(settings, collection=args.collection, args=args)
+        cli("tune", "reranker", "--collection", COLLECTION, *args.tune_args)
+    weight = args.weight
+    if args.step in ("weight", "all") and weight is None:
+        chosen = choose_weight(settings, top_n=args.top_n)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "weight.json").write_text(json.dumps(chosen, indent=2) + "\n", encoding="utf-8")
+        log.info("chosen on %d held-out pseudo-queries: weight %s", chosen["queries"], chosen["weight"])
+        weight = chosen["weight"]
     if args.step in ("eval", "all"):
-        results["eval"] = evaluate(settings, dataset=args.dataset, collection=args.collection,
-                                   rerank_top_n=args.rerank_top_n, only=args.only)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+        cli("eval", "retrieval", "--dataset", str(args.dataset), "--collection", COLLECTION,
+            "--out", str(args.out), "--modes", "all", "--rerank-top-n", str(args.top_n),
+            "--rerank-fusion", "interpolate", "--rerank-weight", str(weight if weight is not None
+                                                                     else settings.rerank.weight))
     return 0
 
 

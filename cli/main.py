@@ -448,6 +448,11 @@ def tune_reranker(
         help="where to save (default: DATA_DIR/models/reranker, which the cross-encoder "
              "reranker loads)")] = None,
     seed: Annotated[int, typer.Option(help="fixes sampling and training order")] = 0,
+    inner_sentences: Annotated[bool, typer.Option(
+        help="also a sentence from the middle of each chunk as a pseudo-query")] = True,
+    last_sentences: Annotated[bool, typer.Option(
+        help="also the last sentence of each chunk (an abstract's finding) as a pseudo-query")]
+        = False,
 ) -> None:
     """Fine-tune a cross-encoder reranker on a collection, without labels.
 
@@ -471,7 +476,8 @@ def tune_reranker(
     target = (out or default_reranker_dir(settings.data_dir)).expanduser()
     options = TuneOptions(max_pairs=max_pairs, epochs=epochs, negatives=negatives,
                           loss=loss, heldout=heldout, seed=seed,  # type: ignore[arg-type]
-                          max_length=max_length,
+                          max_length=max_length, inner_sentences=inner_sentences,
+                          last_sentences=last_sentences,
                           bm25_k1=settings.retrieval.bm25_k1, bm25_b=settings.retrieval.bm25_b)
     with Database(settings.store, data_dir=settings.data_dir) as db:
         store = PgvectorStore(db)
@@ -622,8 +628,9 @@ def eval_retrieval(
                                                  "--url: the service's collection holding it)")],
     out: Annotated[Path, typer.Option(help="folder for retrieval.md, .json and .html")],
     modes: Annotated[str | None, typer.Option(
-        help="comma-separated: dense-float32, dense-binary-rescore (default both); with --url: "
-             "dense, bm25, hybrid (default all three)")] = None,
+        help="'all' or comma-separated: bm25, dense-float32, dense-int8, dense-binary, "
+             "dense-binary-rescore, hybrid, hybrid+rerank (default dense-float32,"
+             "dense-binary-rescore); with --url: dense, bm25, hybrid (default all three)")] = None,
     limit_queries: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N "
                                                                   "judged queries")] = None,
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
@@ -635,8 +642,21 @@ def eval_retrieval(
     api_key: ApiKeyOpt = None,
     fail_if: FailIfOpt = None,
     baseline: BaselineOpt = None,
+    rerank_top_n: Annotated[int | None, typer.Option(
+        min=1, help="hybrid+rerank: candidates reranked (default: VERITY_RERANK__TOP_N)")] = None,
+    rerank_fusion: Annotated[str | None, typer.Option(
+        help="hybrid+rerank: replace, rrf or interpolate (default: VERITY_RERANK__FUSION)")] = None,
+    rerank_weight: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="hybrid+rerank with interpolate: the reranker's share "
+                               "(default: VERITY_RERANK__WEIGHT)")] = None,
 ) -> None:
-    """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports."""
+    """Ingest a BEIR corpus (unchanged documents are skipped), search every query, write reports.
+
+    Retrieval settings (BM25 k1/b, fusion, candidates, dense mode of hybrid) come from
+    VERITY_RETRIEVAL__*; hybrid+rerank uses VERITY_RERANK__* (with kind none, the
+    cross-encoder tuned by `verity tune reranker`); dense-int8 builds or loads the
+    collection's FAISS index (VERITY_FAISS__*).
+    """
     from dataclasses import replace
 
     from eval.datasets import load_beir
@@ -649,8 +669,12 @@ def eval_retrieval(
         name = validate_collection_name(collection)
         configs = _retrieval_configs(modes, matrix, remote=url is not None, depth=depth,
                                      oversample=oversample)
-    except ValueError as e:
+        update = {k: v for k, v in {"top_n": rerank_top_n, "fusion": rerank_fusion,
+                                    "weight": rerank_weight}.items() if v is not None}
+        rerank = type(settings.rerank).model_validate({**settings.rerank.model_dump(), **update})
+    except (ValueError, ValidationError) as e:
         raise _fail(str(e)) from None
+    settings = settings.model_copy(update={"rerank": rerank})
     data = load_beir(dataset, split=split).limited(limit_queries)
     command = " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])])
     setup = {"configs": {c.name: c.changes() for c in configs}, "depth": depth,
@@ -668,7 +692,8 @@ def eval_retrieval(
     markdown, report = write_reports(result, info, out, data)
     for m in result.modes:
         typer.echo(f"{m.mode}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items())
-                   + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms")
+                   + f", search p50 {m.p50_ms:.1f} ms, p95 {m.p95_ms:.1f} ms, index "
+                   f"{m.index_total_bytes / 2**20:.1f} MiB")
     typer.echo(f"reports: {markdown} {report} {report.with_suffix('.html')}")
     _finish_run(report, baseline=baseline, gates=gates)
 
@@ -743,7 +768,7 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
     from core.embedders import SentenceTransformerEmbedder
     from core.stores.database import Database
     from core.stores.pgvector_store import PgvectorStore
-    from eval.retrieval import RetrievalResult, evaluate_retrieval
+    from eval.retrieval import RetrievalResult, evaluate_retrieval, mode_index_bytes
     from ingest.pipeline import IngestPipeline
 
     groups: dict[tuple[int | None, int, int], list[Any]] = {}
@@ -753,6 +778,7 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
         store = PgvectorStore(db)
         embedder = SentenceTransformerEmbedder(settings.embedder)
         modes, embed_ms, ingested = {}, {}, set()
+        rerank, reranker_bytes = None, 0
         for (chunk_tokens, group_depth, group_oversample), group in groups.items():
             name = collection if chunk_tokens is None else f"{collection}-c{chunk_tokens}"
             if name not in ingested:
@@ -761,12 +787,22 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
                 pipeline = IngestPipeline(store=store, embedder=embedder, chunking=chunking)
                 _ingest_beir(pipeline, data, name)
                 ingested.add(name)
-            batches = [group] if len({c.mode for c in group}) == len(group) else [[c] for c in group]
+            group_modes = {c.mode for c in group}
+            int8, int8_bytes = _int8_searcher(settings, db, store, name) \
+                if "dense-int8" in group_modes else (None, {})
+            if "hybrid+rerank" in group_modes and rerank is None:
+                rerank, reranker_bytes = _rerank_setup(settings)
+            batches = [group] if len(group_modes) == len(group) else [[c] for c in group]
             for batch in batches:
+                batch_modes = [c.mode for c in batch]
+                sizes = mode_index_bytes(batch_modes, store=store, collection=name,
+                                         dense_mode=settings.retrieval.dense_mode,
+                                         int8_bytes=int8_bytes, reranker_bytes=reranker_bytes)
                 result = evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
-                                            qrels=data.qrels, collection=name,
-                                            modes=[c.mode for c in batch], depth=group_depth,
-                                            oversample=group_oversample, metrics=_retrieval_metrics())
+                                            qrels=data.qrels, collection=name, modes=batch_modes,
+                                            depth=group_depth, oversample=group_oversample,
+                                            metrics=_retrieval_metrics(), retrieval=settings.retrieval,
+                                            rerank=rerank, int8=int8, index_bytes=sizes)
                 embed_ms = embed_ms or result.embed_ms
                 for c, mode in zip(batch, result.modes, strict=True):
                     modes[c.name] = replace(mode, mode=c.name)
@@ -837,6 +873,35 @@ def eval_compare(
     if out is not None:
         out.write_text(text, encoding="utf-8")
     _apply_gates(gates, b.summary, rows)
+
+
+def _int8_searcher(settings: Settings, db: Any, store: Any, collection: str) -> tuple[Any, dict[str, int]]:
+    """The FAISS int8 searcher (the index loaded, or built and saved) and its sizes."""
+    from core.stores.faiss_index import FaissAccelerator
+    from eval.retrieval import faiss_int8_searcher
+
+    accelerator = FaissAccelerator(db, data_dir=settings.data_dir, settings=settings.faiss)
+    index, _ = accelerator.load_or_build(collection)
+    sizes = {"faiss_binary": index.ram_bytes(), "int8_codes": int(index.codes.nbytes)}
+    return faiss_int8_searcher(accelerator, store, collection=collection), sizes
+
+
+def _rerank_setup(settings: Settings) -> tuple[Any, int]:
+    """The reranker of hybrid+rerank (the tuned cross-encoder when none is configured), loaded,
+    and the bytes of its weights when it runs in process."""
+    from core.rerankers import build_reranker
+    from eval.retrieval import RerankSetup
+
+    cfg = settings.rerank
+    if cfg.kind == "none":
+        cfg = cfg.model_copy(update={"kind": "cross-encoder"})
+    reranker = build_reranker(cfg, data_dir=settings.data_dir, llm_base_url=settings.llm.base_url)
+    assert reranker is not None
+    getattr(reranker, "warm_up", lambda: None)()
+    path = Path(getattr(reranker, "path", "")) if cfg.kind == "cross-encoder" else None
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) if path and path.is_dir() else 0
+    return RerankSetup(reranker=reranker, top_n=cfg.top_n, fusion=cfg.fusion,
+                       weight=cfg.weight), weights
 
 
 def _ingest_beir(pipeline: IngestPipeline, data: BeirDataset, collection: str) -> None:

@@ -48,6 +48,23 @@ def weighted_fusion(
     return _ranked(best, fused, "weighted", top_k)
 
 
+def interpolate(
+    first: Sequence[ScoredChunk], reranked: Sequence[ScoredChunk], *, weight: float,
+    top_k: int | None = None,
+) -> list[ScoredChunk]:
+    """Rerank by ``weight x reranker score + (1 - weight) x first-stage score``.
+
+    Both are min-max normalised over the candidates; a chunk missing from either
+    list counts as 0 there. The result is stored under ``scores["rerank_interp"]``;
+    the hits keep the reranker's per-stage scores.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"rerank weight must be between 0 and 1, got {weight}")
+    fused = weighted_fusion([reranked, first], weights=[weight, 1.0 - weight], top_k=top_k)
+    return [replace(h, scores={**{k: v for k, v in h.scores.items() if k != "weighted"},
+                               "rerank_interp": h.score}) for h in fused]
+
+
 def fuse(
     rankings: Sequence[Sequence[ScoredChunk]], *, method: Fusion, dense_weight: float = 0.5,
     rrf_k: int = 60, top_k: int | None = None,

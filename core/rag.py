@@ -15,7 +15,7 @@ from typing import Any
 
 from core.citations import attribute, best_support, check_citations
 from core.errors import GenerationError, RerankError
-from core.fusion import fuse, reciprocal_rank_fusion
+from core.fusion import fuse, interpolate, reciprocal_rank_fusion
 from core.injection import neutralize
 from core.packing import TEMPLATE_MARGIN, EstimateCounter, TokenCounter, pack_sources
 from core.pii import PiiVault
@@ -84,8 +84,12 @@ class RagPipeline:
 
     With a ``reranker``, retrieval gains a second stage: the first ``rerank_top_n``
     candidates of the first stage are re-scored and the best ``top_k`` kept, in the
-    reranker's order (``rerank_fusion="replace"``) or by reciprocal rank fusion of
-    the reranker's and the first stage's orders (``"rrf"``).
+    reranker's order (``rerank_fusion="replace"``), by reciprocal rank fusion of
+    the reranker's and the first stage's orders (``"rrf"``), or by interpolating
+    the two stages' scores (``"interpolate"``: ``rerank_weight`` x the reranker's
+    score plus the rest x the first stage's, each min-max normalised over the
+    candidates). Asked for more than ``rerank_top_n`` hits, the first stage's
+    order continues after the reranked ones.
 
     Example:
         >>> rag = RagPipeline(store=store, embedder=embedder, generator=gen,
@@ -108,6 +112,7 @@ class RagPipeline:
         context_tokens: int = 4096,
         max_answer_tokens: int = 256,
         token_counter: TokenCounter | None = None,
+        rerank_weight: float = 0.5,
     ) -> None:
         self.pii = pii or PiiSettings()
         self.store = store
@@ -121,6 +126,7 @@ class RagPipeline:
         self.context_tokens = context_tokens
         self.max_answer_tokens = max_answer_tokens
         self.token_counter: TokenCounter = token_counter or EstimateCounter()
+        self.rerank_weight = rerank_weight
 
     def retrieve(
         self, question: str, *, collection: str, top_k: int | None = None,
@@ -176,16 +182,17 @@ class RagPipeline:
 
     def _rerank(self, reranker: Reranker, question: str, hits: list[ScoredChunk], *,
                 top_k: int, rrf_k: int) -> list[ScoredChunk]:
-        candidates = hits[:self.rerank_top_n]
+        candidates, tail = hits[:self.rerank_top_n], hits[self.rerank_top_n:]
         try:
-            if self.rerank_fusion != "rrf":
-                return reranker.rerank(question, candidates, top_k=top_k)
             reranked = reranker.rerank(question, candidates, top_k=len(candidates))
         except RerankError as e:
             log.warning("reranking failed, keeping the first-stage order: %s", e)
             return hits[:top_k]
-        return reciprocal_rank_fusion([candidates, reranked], k=rrf_k, top_k=top_k,
-                                      stage="rerank_rrf")
+        if self.rerank_fusion == "rrf":
+            reranked = reciprocal_rank_fusion([candidates, reranked], k=rrf_k, stage="rerank_rrf")
+        elif self.rerank_fusion == "interpolate":
+            reranked = interpolate(candidates, reranked, weight=self.rerank_weight)
+        return (reranked + tail)[:top_k]
 
     def relevant(self, hits: list[ScoredChunk], *, question: str, collection: str,
                  where: SearchFilter | None = None) -> bool:

@@ -3,10 +3,12 @@
 No questions or judgements are read, only the collection's chunks:
 
 1. **Pseudo-queries** come from each sampled chunk: its document's title (first
-   chunk only) or its heading, else its first sentence; and, optionally, one
-   sentence from the middle of the chunk (the inverse cloze task of Lee et al.,
-   2019). A sentence used as a query is removed from the passage, so the model
-   cannot learn to spot copied text.
+   chunk only) or its heading, else its first sentence; optionally one sentence
+   from the middle of the chunk (the inverse cloze task of Lee et al., 2019); and
+   optionally its last sentence, which in abstracts and reports is usually the
+   finding ("X is associated with Y"), the shape of a claim or a factual question.
+   A sentence used as a query is removed from the passage, so the model cannot
+   learn to spot copied text.
 2. **Positives** are the source chunks. **Hard negatives** are what BM25 and
    dense search return for the pseudo-query from *other* documents (and never a
    passage that contains the query verbatim); random chunks of other documents
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QueryKind = Literal["title", "heading", "first-sentence", "inner-sentence"]
+QueryKind = Literal["title", "heading", "first-sentence", "inner-sentence", "last-sentence"]
 Loss = Literal["listwise", "bce"]
 Search = Callable[[Sequence[str]], list[list[ScoredChunk]]]
 """Ranked hits for each of a batch of query texts."""
@@ -139,14 +141,25 @@ def inner_query(hit: ScoredChunk, *, rng: random.Random) -> PseudoQuery | None:
                        chunk_id=hit.chunk.id, document_id=hit.chunk.document_id)
 
 
+def last_query(hit: ScoredChunk) -> PseudoQuery | None:
+    """The chunk's last sentence (in an abstract, usually its conclusion) as a query."""
+    sentences = split_sentences(hit.chunk.text)
+    if len(sentences) < 3 or not _usable(sentences[-1]):
+        return None
+    return PseudoQuery(sentences[-1], "last-sentence",
+                       passage_text(hit, with_context=True, remove=sentences[-1]),
+                       chunk_id=hit.chunk.id, document_id=hit.chunk.document_id)
+
+
 def pseudo_queries(chunks: Sequence[ScoredChunk], *, rng: random.Random,
-                   inner_sentences: bool = True) -> list[PseudoQuery]:
+                   inner_sentences: bool = True, last_sentences: bool = False) -> list[PseudoQuery]:
     """Every pseudo-query the chunks give, in chunk order."""
     queries: list[PseudoQuery] = []
     for hit in chunks:
         lead = lead_query(hit)
         inner = inner_query(hit, rng=rng) if inner_sentences else None
-        queries.extend(q for q in (lead, inner) if q is not None)
+        last = last_query(hit) if last_sentences else None
+        queries.extend(q for q in (lead, inner, last) if q is not None)
     return queries
 
 
@@ -363,8 +376,13 @@ def smooth(curve: Sequence[float], *, points: int = 50) -> list[float]:
             for i in range(0, len(curve), size)]
 
 
-def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
-    """Save ``model`` and ``training_report.json`` to ``out``.
+def save_model(model: Any, out: Path, *, report: dict[str, Any],
+               heldout: Sequence[TrainingGroup] = ()) -> None:
+    """Save ``model``, ``training_report.json`` and the held-out groups to ``out``.
+
+    The held-out groups (``heldout.jsonl``: query, kind, positive, negatives,
+    document id) come from documents the model never trained on, so they can be
+    used later to choose settings such as the reranker's interpolation weight.
 
     What was there is replaced only once the new copy is complete, so a killed
     run never leaves a half-written model for the service to load.
@@ -378,6 +396,8 @@ def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
     (partial / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (partial / HELDOUT_NAME).write_text(
+        "".join(json.dumps(asdict(g)) + "\n" for g in heldout), encoding="utf-8")
     if out.exists():
         out.rename(old)
     partial.rename(out)
@@ -385,6 +405,21 @@ def save_model(model: Any, out: Path, *, report: dict[str, Any]) -> None:
 
 
 REPORT_NAME = "training_report.json"
+HELDOUT_NAME = "heldout.jsonl"
+
+
+def load_heldout(directory: Path) -> list[TrainingGroup]:
+    """The held-out groups :func:`save_model` wrote to ``directory`` (none if it wrote none)."""
+    path = directory / HELDOUT_NAME
+    if not path.is_file():
+        return []
+    groups = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        raw = json.loads(line)
+        groups.append(TrainingGroup(query=raw["query"], kind=raw["kind"], positive=raw["positive"],
+                                    negatives=tuple(raw["negatives"]),
+                                    document_id=raw["document_id"]))
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +442,7 @@ class TuneOptions:
     heldout: int = 100
     depth: int = 20
     inner_sentences: bool = True
+    last_sentences: bool = False
     seed: int = 0
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
@@ -426,10 +462,11 @@ def mine_training_data(store: PgvectorStore, embedder: Embedder, *, collection: 
     started = time.perf_counter()
     rng = random.Random(options.seed)
     wanted = options.max_pairs // (1 + options.negatives) + options.heldout
-    per_chunk = 2 if options.inner_sentences else 1
+    per_chunk = 1 + int(options.inner_sentences) + int(options.last_sentences)
     chunks = store.sample_chunks(collection=collection, limit=math.ceil(1.5 * wanted / per_chunk)
                                  + 4 * options.negatives, seed=str(options.seed))
-    queries = pseudo_queries(chunks, rng=rng, inner_sentences=options.inner_sentences)[:wanted]
+    queries = pseudo_queries(chunks, rng=rng, inner_sentences=options.inner_sentences,
+                             last_sentences=options.last_sentences)[:wanted]
     log.info("%d pseudo-queries from %d chunks; mining negatives", len(queries), len(chunks))
     searchers = store_searchers(store, embedder, collection=collection, depth=options.depth,
                                 k1=options.bm25_k1, b=options.bm25_b)
@@ -474,7 +511,7 @@ def tune_reranker(
     after = mean_reciprocal_rank(model, data.heldout)
     report = training_report(data, options=options, collection=collection, base_model=base_model,
                              curve=curve, seconds=seconds, mrr=(before, after))
-    save_model(model, out, report=report)
+    save_model(model, out, report=report, heldout=data.heldout)
     return report
 
 

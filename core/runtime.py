@@ -50,7 +50,8 @@ class Runtime:
                            rerank_fusion=self.settings.rerank.fusion,
                            context_tokens=self.settings.llm.context_tokens,
                            max_answer_tokens=self.settings.llm.max_tokens,
-                           token_counter=self.token_counter)
+                           token_counter=self.token_counter,
+                           rerank_weight=self.settings.rerank.weight)
 
     def readiness(self) -> dict[str, bool]:
         """Whether each backend answers now."""

@@ -109,7 +109,7 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="weighted fusion only")
     bm25_k1: float = Field(default=0.9, gt=0)
     bm25_b: float = Field(default=0.4, ge=0, le=1)
-    dense_mode: Literal["float", "binary-rescore"] = "float"
+    dense_mode: Literal["float", "binary", "binary-rescore"] = "float"
     widen: int = Field(default=0, ge=0, le=5, description="neighbouring chunks added per side")
     oversample: int = Field(default=10, ge=1, description="binary candidates = top_k x oversample")
     min_score: float = Field(
@@ -201,11 +201,14 @@ class RerankSettings(BaseModel):
     url: str | None = Field(default=None, description="remote: /rerank endpoint; llm-judge: /v1 URL")
     api_key: SecretStr = SecretStr("none")
     top_n: int = Field(default=30, ge=1, le=200, description="fused candidates to rerank")
-    fusion: Literal["replace", "rrf"] = Field(
+    fusion: Literal["replace", "rrf", "interpolate"] = Field(
         default="replace",
         description="replace: keep the reranker's order; rrf: reciprocal rank fusion of the "
-                    "reranker's and the first stage's orders",
+                    "reranker's and the first stage's orders; interpolate: weight x the "
+                    "reranker's score + (1 - weight) x the first stage's, both min-max normalised",
     )
+    weight: float = Field(default=0.5, ge=0.0, le=1.0,
+                          description="interpolate: the reranker's share of the final score")
     batch_size: int = Field(default=16, ge=1, description="pairs per forward pass or request wave")
     max_length: int | None = Field(
         default=None, ge=16, description="cross-encoder tokens per pair; unset = the model's own")

@@ -201,13 +201,14 @@ def _setup(result: RetrievalResult) -> dict[str, Any]:
     return {"collection": result.collection, "model": result.model, "queries": result.queries,
             "modes": [m.mode for m in result.modes], "depth_chunks": result.depth,
             "oversample": result.oversample,
-            "binary_candidates": result.depth * result.oversample}
+            "binary_candidates": result.depth * result.oversample, **result.settings}
 
 
 def _mode_data(mode: ModeResult) -> dict[str, Any]:
     return {"mode": mode.mode, "metrics": mode.metrics,
             "search_ms": {"p50": mode.p50_ms, "p95": mode.p95_ms},
-            "documents_per_query": mode.docs_per_query, "per_query": mode.per_query,
+            "documents_per_query": mode.docs_per_query, "index_bytes": mode.index_bytes,
+            "per_query": mode.per_query,
             "per_query_search_ms": mode.search_ms}
 
 
@@ -220,8 +221,10 @@ def render_markdown(result: RetrievalResult, info: Provenance) -> str:
     lines = [f"# Retrieval on {info.dataset} ({info.split}, {result.queries} queries)", ""]
     lines += _provenance_lines(result, info)
     lines += ["", "## Measured", ""] + _results_table(result, info.dataset)
-    lines += ["", f"Search latency is the store call alone (query already embedded), after one "
-              f"untimed warm-up query per mode. Query embedding: p50 "
+    lines += ["", f"Search latency is retrieval alone (query already embedded; for hybrid+rerank "
+              f"it includes reranking), after one untimed warm-up query per mode. Index MiB: what "
+              f"the mode searches (vectors, codes, indexes, postings; plus the reranker's weights "
+              f"for hybrid+rerank). Query embedding: p50 "
               f"{_p(result.embed_ms, 50):.1f} ms, p95 {_p(result.embed_ms, 95):.1f} ms. "
               f"Each query retrieves {result.depth} chunks; a document scores as its best chunk."]
     lines += _comparison_lines(compare_modes(result))
@@ -255,11 +258,12 @@ def _provenance_lines(result: RetrievalResult, info: Provenance) -> list[str]:
 
 def _results_table(result: RetrievalResult, dataset: str = "") -> list[str]:
     metrics = list(result.modes[0].metrics) if result.modes else []
-    head = ["mode", *metrics, "search p50 ms", "search p95 ms", "docs/query"]
+    head = ["mode", *metrics, "search p50 ms", "search p95 ms", "docs/query", "index MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in result.modes:
         cells = [m.mode, *[f"{m.metrics[k]:.4f}" for k in metrics], f"{m.p50_ms:.1f}",
-                 f"{m.p95_ms:.1f}", f"{m.docs_per_query:.1f}"]
+                 f"{m.p95_ms:.1f}", f"{m.docs_per_query:.1f}",
+                 f"{m.index_total_bytes / 2**20:.1f}" if m.index_bytes else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     by_system: dict[str, dict[str, float]] = {}
     for ref in PUBLISHED.get(dataset, ()):

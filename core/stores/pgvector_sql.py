@@ -199,6 +199,17 @@ ORDER BY k.embedding <=> %(query)s
 LIMIT %(top_k)s
 """
 
+# Hamming distance alone, no rescoring: the binary index's own ranking. The score is the
+# cosine the distance implies for random-hyperplane sign bits (Charikar 2002):
+# cos(pi * hamming / dim), 1 for identical codes and -1 for opposite ones.
+_SEARCH_BINARY = """
+SELECT {columns}, cos(pi() * (k.embedding_bin::bit({dim}) <~> %(query_bits)s) / {dim}) AS score
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = {collection_id} AND {visible}
+ORDER BY k.embedding_bin::bit({dim}) <~> %(query_bits)s
+LIMIT %(top_k)s
+"""
+
 # Okapi BM25 (Robertson & Zaragoza 2009) with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)).
 # N, the average chunk length and each term's df are taken over the chunks the caller may see.
 # The CTEs are MATERIALIZED: inlined, the planner (misestimating the postings join as one
@@ -255,6 +266,46 @@ def search_binary_rescore(*, collection_id: int, dim: int, visible: sql.Composab
     )
 
 
+def search_binary(*, collection_id: int, dim: int, visible: sql.Composable) -> sql.Composed:
+    return sql.SQL(_SEARCH_BINARY).format(
+        collection_id=sql.Literal(collection_id),
+        dim=sql.Literal(dim),
+        columns=sql.SQL(_HIT_COLUMNS),
+        visible=visible,
+    )
+
+
+# Chunks by id, for hits found outside Postgres (the FAISS accelerator returns ids).
+FETCH_HITS = f"""
+SELECT {_HIT_COLUMNS}, 0.0::float8 AS score
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s AND k.id = ANY(%(ids)s)
+"""
+
+# What a collection's search structures take, in bytes. Tables are shared by all
+# collections, so the float vectors, bit codes and BM25 postings are summed over the
+# collection's rows (pg_column_size: the stored, possibly compressed, size); the
+# postings' lookup index is prorated by the collection's share of the postings; the
+# binary HNSW index is the collection's own partial index.
+INDEX_BYTES = """
+WITH k AS (
+    SELECT coalesce(sum(pg_column_size(embedding)), 0)::int8 AS halfvec,
+           coalesce(sum(pg_column_size(embedding_bin)), 0)::int8 AS bits,
+           count(*) AS chunks
+    FROM chunks WHERE collection_id = %(collection_id)s
+), t AS (
+    SELECT coalesce(sum(pg_column_size(t.*)), 0)::int8 AS postings, count(*) AS rows
+    FROM chunk_terms t WHERE collection_id = %(collection_id)s
+)
+SELECT k.halfvec, k.bits, k.chunks, t.postings,
+       (pg_relation_size('chunk_terms_lookup_idx'::regclass)
+        * t.rows / greatest((SELECT reltuples FROM pg_class
+                             WHERE oid = 'chunk_terms'::regclass), t.rows, 1))::int8,
+       coalesce(pg_relation_size(to_regclass(%(binary_index)s)), 0)::int8
+FROM k, t
+"""
+
+
 # Small-to-big: each hit's text widened with its neighbours in the same document.
 WIDEN = """
 SELECT k.id, string_agg(n.text, E'\\n' ORDER BY n.ordinal)
@@ -274,7 +325,7 @@ WHERE collection_id = {collection_id}
 
 def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
     return sql.SQL(_CREATE_BINARY_INDEX).format(
-        name=sql.Identifier(_binary_index_name(collection_id)),
+        name=sql.Identifier(binary_index_name(collection_id)),
         dim=sql.Literal(dim),
         collection_id=sql.Literal(collection_id),
     )
@@ -283,10 +334,10 @@ def create_binary_index(*, collection_id: int, dim: int) -> sql.Composed:
 def drop_binary_index(*, collection_id: int) -> sql.Composed:
     """The partial HNSW index of a deleted collection would otherwise stay behind."""
     return sql.SQL("DROP INDEX IF EXISTS {}").format(
-        sql.Identifier(_binary_index_name(collection_id)))
+        sql.Identifier(binary_index_name(collection_id)))
 
 
-def _binary_index_name(collection_id: int) -> str:
+def binary_index_name(collection_id: int) -> str:
     return f"chunks_bin_hnsw_{collection_id}"
 
 

@@ -152,7 +152,18 @@ class PgvectorStore:
         self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
         oversample: int = 10, where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
-        """Nearest visible chunks by cosine similarity; ``mode`` is ``float`` or ``binary-rescore``."""
+        """Nearest visible chunks by cosine similarity, best first.
+
+        ``mode`` is ``float`` (exact search over the ``halfvec`` vectors), ``binary``
+        (Hamming distance over the bit codes through the HNSW index, scored by the
+        cosine that distance implies, no rescoring) or ``binary-rescore`` (the ``top_k x
+        oversample`` nearest codes, rescored with their ``halfvec`` vectors).
+
+        Raises:
+            NotFoundError: no such collection.
+            ConfigError: the query has another dimension than the collection.
+            ValueError: an unknown mode.
+        """
         visible, filter_params = compile_filter(where)
         with self._db.pool.connection() as conn:
             cid, _, dim = self._collection(conn, collection)
@@ -165,6 +176,11 @@ class PgvectorStore:
                                       "collection_id": cid, **filter_params}
             if mode == "float":
                 rows = conn.execute(q.search_float(visible=visible), params).fetchall()
+            elif mode == "binary":
+                params["query_bits"] = Bit(query > 0)
+                conn.execute(q.set_ef_search(max(40, top_k)))
+                rows = conn.execute(q.search_binary(collection_id=cid, dim=dim, visible=visible),
+                                    params).fetchall()
             elif mode == "binary-rescore":
                 # pgvector caps hnsw.ef_search at 1000; more candidates than that cannot be
                 # returned by one index scan, so the candidate list is capped with it.
@@ -176,7 +192,8 @@ class PgvectorStore:
                     q.search_binary_rescore(collection_id=cid, dim=dim, visible=visible), params
                 ).fetchall()
             else:
-                raise ValueError(f"unknown dense mode {mode!r}; use 'float' or 'binary-rescore'")
+                raise ValueError(f"unknown dense mode {mode!r}; use 'float', 'binary' or "
+                                 "'binary-rescore'")
         return [_scored(row, stage=f"dense_{mode}") for row in rows]
 
     def search_lexical(
@@ -197,6 +214,41 @@ class PgvectorStore:
                 **filter_params,
             }).fetchall()
         return [_scored(row, stage="bm25") for row in rows]
+
+    def fetch_hits(self, *, collection: str, scores: Sequence[tuple[str, float]],
+                   stage: str) -> list[ScoredChunk]:
+        """Hits for ``(chunk id, score)`` pairs found outside Postgres, in the order given.
+
+        Ids no longer in the collection are skipped. Each hit's score is stored under
+        ``scores[stage]``.
+
+        Raises:
+            NotFoundError: no such collection.
+        """
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            rows = conn.execute(q.FETCH_HITS, {"collection_id": cid,
+                                               "ids": [c for c, _ in scores]}).fetchall()
+        found = {row[0]: row for row in rows}
+        return [_scored((*found[c][:9], s), stage=stage) for c, s in scores if c in found]
+
+    def index_bytes(self, collection: str) -> dict[str, int]:
+        """Bytes the collection's search structures take in Postgres, by part.
+
+        ``halfvec`` (float vectors), ``bit_codes``, ``bit_hnsw`` (the binary HNSW
+        index), ``bm25_postings`` and ``bm25_index`` (the postings' lookup index,
+        prorated by the collection's share), and ``chunks``, the row count.
+
+        Raises:
+            NotFoundError: no such collection.
+        """
+        with self._db.pool.connection() as conn:
+            cid, _, _ = self._collection(conn, collection)
+            row = conn.execute(q.INDEX_BYTES, {"collection_id": cid,
+                                               "binary_index": q.binary_index_name(cid)}).fetchone()
+        assert row is not None  # aggregates always return a row
+        keys = ("halfvec", "bit_codes", "chunks", "bm25_postings", "bm25_index", "bit_hnsw")
+        return {k: int(v) for k, v in zip(keys, row, strict=True)}
 
     def widen(self, hits: Sequence[ScoredChunk], *, window: int) -> list[ScoredChunk]:
         """Hits whose text includes ``window`` neighbouring chunks on each side (small-to-big).

@@ -12,10 +12,16 @@ from pathlib import Path
 import pytest
 
 from core.embedders import SentenceTransformerEmbedder
-from core.settings import ChunkingSettings
+from core.models import resolve_embedder
+from core.rerank_training import new_cross_encoder
+from core.rerankers import CrossEncoderReranker
+from core.settings import BUNDLED_EMBEDDER, ChunkingSettings, FaissSettings, RerankSettings
+from core.stores.database import Database
+from core.stores.faiss_index import FaissAccelerator
 from core.stores.pgvector_store import PgvectorStore
 from eval.datasets import load_beir
-from eval.retrieval import evaluate_retrieval
+from eval.retrieval import MODES as ALL_MODES
+from eval.retrieval import RerankSetup, evaluate_retrieval, faiss_int8_searcher, mode_index_bytes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline
 from tests.helpers import write_beir
@@ -40,6 +46,7 @@ QUERIES = [{"_id": "q-bees", "text": "Honeybee colony collapse disorder"},
            {"_id": "q-rust", "text": "Memory safety in the Rust programming language"}]
 QRELS = "query-id\tcorpus-id\tscore\nq-bees\tbees\t2\nq-bees\tbread\t0\nq-chess\tchess\t1\nq-rust\trust\t1\n"
 MODES = ["dense-float32", "dense-binary-rescore"]
+CLI_MODES = ["bm25", "dense-float32", "dense-int8", "dense-binary-rescore", "hybrid"]
 
 
 @pytest.fixture
@@ -71,13 +78,60 @@ def test_title_queries_retrieve_their_document_first(
         assert all(ms > 0 for ms in mode.search_ms.values())
 
 
+@pytest.fixture(scope="module")
+def untrained_reranker(tmp_path_factory: pytest.TempPathFactory) -> CrossEncoderReranker:
+    """A real cross-encoder: the bundled MiniLM with a fresh (seeded, untrained) head."""
+    path = tmp_path_factory.mktemp("untrained-reranker")
+    new_cross_encoder(resolve_embedder(BUNDLED_EMBEDDER), max_length=64, seed=0).save(str(path))
+    return CrossEncoderReranker(RerankSettings(kind="cross-encoder", model=str(path)),
+                                data_dir=path)
+
+
+def test_every_mode_runs_on_the_real_backends(
+    dataset: Path, store: PgvectorStore, embedder: SentenceTransformerEmbedder, collection: str,
+    database: Database, tmp_path: Path, untrained_reranker: CrossEncoderReranker,
+) -> None:
+    pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
+    assert pipeline.ingest_documents(load_beir_corpus(dataset, fingerprint=pipeline.fingerprint),
+                                     collection=collection).ok
+    accelerator = FaissAccelerator(database, data_dir=tmp_path, settings=FaissSettings())
+    int8 = faiss_int8_searcher(accelerator, store, collection=collection)
+    data = load_beir(dataset)
+
+    def run(weight: float) -> dict[str, object]:
+        rerank = RerankSetup(reranker=untrained_reranker, top_n=3, fusion="interpolate",
+                             weight=weight)
+        sizes = mode_index_bytes(ALL_MODES, store=store, collection=collection,
+                                 int8_bytes={"int8_codes": 5 * 384}, reranker_bytes=1)
+        result = evaluate_retrieval(store=store, embedder=embedder, queries=data.queries,
+                                    qrels=data.qrels, collection=collection, modes=list(ALL_MODES),
+                                    depth=10, oversample=4, rerank=rerank, int8=int8,
+                                    index_bytes=sizes)
+        return {m.mode: m for m in result.modes}
+
+    modes = run(0.0)
+    assert list(modes) == list(ALL_MODES)
+    for name in ["dense-float32", "dense-int8", "dense-binary-rescore", "hybrid"]:
+        assert modes[name].per_query["mrr@10"] == {"q-bees": 1.0, "q-chess": 1.0, "q-rust": 1.0}
+    for mode in modes.values():
+        assert mode.docs_per_query == len(DOCS) or mode.mode == "bm25"
+        assert mode.index_total_bytes > 0 and all(ms > 0 for ms in mode.search_ms.values())
+    # with no weight on the reranker, reranking changes nothing; with all of it, the
+    # untrained head decides the top three and the first stage's tail stays behind them
+    assert modes["hybrid+rerank"].per_query == modes["hybrid"].per_query
+    reranked = run(1.0)["hybrid+rerank"]
+    assert reranked.metrics["recall@10"] == 1.0 and reranked.docs_per_query == len(DOCS)
+    assert modes["dense-binary-rescore"].index_bytes.keys() == {"bit_hnsw", "halfvec"}
+
+
 @pytest.mark.slow
 def test_cli_writes_reports_and_reingests_nothing(dataset: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
     env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
     out = tmp_path / "reports"
     args = [sys.executable, "-m", "cli", "eval", "retrieval", "--dataset", str(dataset),
-            "--collection", "tiny", "--out", str(out), "--modes", ",".join(MODES), "--depth", "10"]
+            "--collection", "tiny", "--out", str(out), "--modes", ",".join(CLI_MODES),
+            "--depth", "10"]
     runs = [subprocess.run(args, env=env, capture_output=True, text=True, timeout=300,
                            stdin=subprocess.DEVNULL) for _ in range(2)]
     for run in runs:
@@ -86,7 +140,10 @@ def test_cli_writes_reports_and_reingests_nothing(dataset: Path, tmp_path: Path)
     assert "5 unchanged" in runs[1].stderr
     report = json.loads((out / "retrieval.json").read_text())
     assert report["provenance"]["dataset_sha256"] == load_beir(dataset).sha256
-    assert [m["metrics"]["mrr@10"] for m in report["modes"]] == [1.0, 1.0]
+    assert [m["mode"] for m in report["modes"]] == CLI_MODES
+    assert [m["metrics"]["mrr@10"] for m in report["modes"]] == [1.0] * len(CLI_MODES)
+    assert all(sum(m["index_bytes"].values()) > 0 for m in report["modes"])
+    assert report["setup"]["retrieval"]["fusion"] == "rrf"
     assert "dense-binary-rescore" in (out / "retrieval.md").read_text()
 
 

@@ -84,6 +84,24 @@ def test_rrf_rerank_fusion_blends_the_two_orders(
     assert ranked[0].scores["rerank_rrf"] == ranked[0].score and "rerank" in ranked[0].scores
 
 
+def test_interpolate_rerank_fusion_weighs_the_two_stages(
+    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+) -> None:
+    a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
+
+    def ranked(weight: float, top_k: int = 4) -> list[str]:
+        rag = _pipeline(store, embedder, LastFirstReranker(), top_n=3, fusion="interpolate")
+        rag.rerank_weight = weight
+        return [h.chunk.id for h in rag.retrieve(QUESTION, collection=notes, top_k=top_k)]
+
+    # LastFirst reranks the top three as c, a, b; d, beyond top_n, stays behind them.
+    assert ranked(0.0) == [a.chunk.id, b.chunk.id, c.chunk.id, d.chunk.id]
+    assert ranked(1.0) == [c.chunk.id, a.chunk.id, b.chunk.id, d.chunk.id]
+    hit = _pipeline(store, embedder, LastFirstReranker(), top_n=3, fusion="interpolate").retrieve(
+        QUESTION, collection=notes, top_k=1)[0]
+    assert hit.scores["rerank_interp"] == hit.score and {"rerank", "rrf"} <= set(hit.scores)
+
+
 def test_remote_reranker_in_the_pipeline(
     store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
 ) -> None:

@@ -12,7 +12,7 @@ from core.embedders import SentenceTransformerEmbedder
 from core.llama_server import LlamaCppServer
 from core.models import resolve_embedder
 from core.prompts import PromptLibrary
-from core.rerank_training import REPORT_NAME, TuneOptions, tune_reranker
+from core.rerank_training import REPORT_NAME, TuneOptions, load_heldout, tune_reranker
 from core.rerankers import CrossEncoderReranker, LlmJudgeReranker, build_reranker, default_reranker_dir
 from core.settings import BUNDLED_EMBEDDER, ChunkingSettings, RerankSettings
 from core.stores.pgvector_store import PgvectorStore
@@ -57,6 +57,9 @@ def test_tuning_saves_a_model_and_its_report(tuned: tuple[Path, dict]) -> None:
     assert len(report["loss_curve"]) == 2 and report["heldout"]["queries"] >= 1
     assert 0.0 < report["heldout"]["mrr_after"] <= 1.0
     assert not list(default_reranker_dir(data_dir).parent.glob(".*partial"))
+    heldout = load_heldout(default_reranker_dir(data_dir))
+    assert len(heldout) == report["heldout"]["queries"]
+    assert all(len(g.negatives) == TINY.negatives for g in heldout)
 
 
 def test_cross_encoder_loads_the_tuned_model_by_default(

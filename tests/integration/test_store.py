@@ -66,6 +66,24 @@ def test_binary_rescore_agrees_with_float_search(store: PgvectorStore, collectio
                                     mode="binary-rescore", oversample=40)
         assert binary[0].chunk.id == exact[0].chunk.id
         assert len({h.chunk.id for h in binary} & {h.chunk.id for h in exact}) >= 4
+        hamming = store.search_dense(collection=collection, query=q, top_k=5, mode="binary")
+        assert hamming[0].chunk.id == exact[0].chunk.id and hamming[0].score == 1.0
+        assert [h.score for h in hamming] == sorted((h.score for h in hamming), reverse=True)
+
+
+def test_fetch_hits_and_index_bytes(store: PgvectorStore, collection: str) -> None:
+    rng = np.random.default_rng(2)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    doc, chunks, vectors = _doc("sized.md", ["alpha beta", "gamma delta"], store, collection, rng)
+    store.write_document(collection=collection, document=doc, chunks=chunks, embeddings=vectors)
+    hits = store.fetch_hits(collection=collection, scores=[(chunks[1].id, 0.7), ("gone", 0.5),
+                                                           (chunks[0].id, 0.2)], stage="x")
+    assert [(h.chunk.text, h.score, h.scores, h.source) for h in hits] == [
+        ("gamma delta", 0.7, {"x": 0.7}, "sized.md"), ("alpha beta", 0.2, {"x": 0.2}, "sized.md")]
+    sizes = store.index_bytes(collection)
+    assert sizes["chunks"] == 2 and sizes["halfvec"] >= 2 * DIM * 2
+    assert sizes["bit_codes"] >= 2 * DIM // 8 and sizes["bit_hnsw"] > 0
+    assert sizes["bm25_postings"] > 0 and sizes["bm25_index"] >= 0
 
 
 def test_collection_remembers_its_model(store: PgvectorStore, collection: str) -> None:
@@ -137,7 +155,7 @@ def restricted(store: PgvectorStore, collection: str) -> tuple[str, np.ndarray]:
     return collection, secret[0]
 
 
-@pytest.mark.parametrize("mode", ["float", "binary-rescore", "bm25"])
+@pytest.mark.parametrize("mode", ["float", "binary", "binary-rescore", "bm25"])
 def test_acl_restricted_chunks_never_reach_outsiders(
     store: PgvectorStore, restricted: tuple[str, np.ndarray], mode: str
 ) -> None:

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.types import Chunk, ScoredChunk
+from core.settings import RetrievalSettings
+from core.types import Chunk, ScoredChunk, SearchFilter
 from eval.datasets import load_beir
 from eval.report import git_commit, provenance, render_markdown, write_reports
-from eval.retrieval import best_chunk_per_document, check_setup, evaluate_retrieval, parse_modes
+from eval.retrieval import (
+    MODES,
+    RerankSetup,
+    best_chunk_per_document,
+    check_setup,
+    document_scores,
+    evaluate_retrieval,
+    mode_index_bytes,
+    parse_modes,
+)
 from tests.helpers import write_beir
 
 pytestmark = pytest.mark.unit
@@ -38,12 +49,44 @@ class ListStore:
         self.calls: list[tuple[str, int, int]] = []
 
     def search_dense(self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
-                     oversample: int = 10) -> list[ScoredChunk]:
+                     oversample: int = 10, where: SearchFilter | None = None) -> list[ScoredChunk]:
         self.calls.append((mode, top_k, oversample))
-        scored = sorted(((float(vec @ query), source, text) for source, text, vec in self.chunks),
-                        reverse=True)[:top_k]
-        return [ScoredChunk(chunk=Chunk(id=f"{s}-{i}", document_id=s, ordinal=i, text=t),
-                            score=score, source=s) for i, (score, s, t) in enumerate(scored)]
+        return self._ranked([float(vec @ query) for _, _, vec in self.chunks], top_k, "dense")
+
+    def search_lexical(self, *, collection: str, query: str, top_k: int, k1: float = 0.9,
+                       b: float = 0.4, where: SearchFilter | None = None) -> list[ScoredChunk]:
+        self.calls.append(("bm25", top_k, 0))
+        words = query.lower().split()
+        scores = [float(sum(text.split().count(w) for w in words)) for _, text, _ in self.chunks]
+        return [h for h in self._ranked(scores, top_k, "bm25") if h.score > 0]
+
+    def index_bytes(self, collection: str) -> dict[str, int]:
+        return {"halfvec": 100, "bit_codes": 7, "chunks": 4, "bm25_postings": 50,
+                "bm25_index": 20, "bit_hnsw": 30}
+
+    def _ranked(self, scores: list[float], top_k: int, stage: str) -> list[ScoredChunk]:
+        order = sorted(range(len(self.chunks)), key=lambda i: (-scores[i], i))[:top_k]
+        return [ScoredChunk(chunk=Chunk(id=f"c{i}", document_id=self.chunks[i][0], ordinal=i,
+                                        text=self.chunks[i][1]),
+                            score=scores[i], source=self.chunks[i][0], scores={stage: scores[i]})
+                for i in order]
+
+
+class LastWordReranker:
+    """Scores a passage by how many times it holds the query's last word, plus a constant
+    preference for ``favourite``: deterministic, and disagreeing with the first stage."""
+
+    name = "last-word"
+
+    def __init__(self, favourite: str) -> None:
+        self.favourite = favourite
+
+    def rerank(self, query: str, hits: list[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
+        word = query.split()[-1]
+        scored = sorted(hits, key=lambda h: -(h.chunk.text.split().count(word)
+                                              + 5 * (h.source == self.favourite)))
+        return [replace(h, score=float(-i), scores={**h.scores, "rerank": float(-i)})
+                for i, h in enumerate(scored[:top_k])]
 
 
 @pytest.fixture
@@ -69,6 +112,62 @@ def test_every_mode_is_run_and_scored(store: ListStore) -> None:
     assert result.queries == 3 and result.model == "word-counts"
 
 
+def test_all_seven_modes_run_with_their_backends(store: ListStore) -> None:
+    def int8(query: np.ndarray, *, top_k: int, oversample: int) -> list[ScoredChunk]:
+        return store.search_dense(collection="c", query=query, top_k=top_k, mode="int8",
+                                  oversample=oversample)
+
+    sizes = mode_index_bytes(MODES, store=store, collection="c", int8_bytes={"int8_codes": 16},
+                             reranker_bytes=1000)
+    result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
+                                collection="c", modes=list(MODES), depth=10, oversample=3,
+                                rerank=RerankSetup(reranker=LastWordReranker("d3"), top_n=2),
+                                int8=int8, index_bytes=sizes)
+    by_mode = {m.mode: m for m in result.modes}
+    assert list(by_mode) == list(MODES)
+    for mode in result.modes:
+        assert set(mode.search_ms) == set(QRELS) and 0.0 <= mode.metrics["ndcg@10"] <= 1.0
+    assert by_mode["dense-float32"].metrics["mrr@10"] == 1.0
+    assert by_mode["bm25"].docs_per_query == 4 / 3  # only documents holding the word: dog is in two
+    # the reranker puts its favourite d3 first among the top 2, and the third stays third
+    assert by_mode["hybrid+rerank"].per_query["mrr@10"]["q1"] == 0.5
+    assert by_mode["hybrid+rerank"].docs_per_query == by_mode["hybrid"].docs_per_query
+    assert by_mode["hybrid"].index_bytes == {"bm25_postings": 50, "bm25_index": 20, "halfvec": 100}
+    assert by_mode["hybrid+rerank"].index_total_bytes == 1170
+    assert by_mode["dense-binary-rescore"].index_bytes == {"bit_hnsw": 30, "halfvec": 100}
+    assert result.settings["rerank"] == {"reranker": "last-word", "top_n": 2, "fusion": "replace",
+                                         "weight": 0.5}
+    assert result.settings["retrieval"]["fusion"] == "rrf"
+
+
+def test_interpolating_with_weight_zero_keeps_the_first_stage_order(store: ListStore) -> None:
+    def run(fusion: str, weight: float) -> dict[str, dict[str, float]]:
+        rerank = RerankSetup(reranker=LastWordReranker("d3"), top_n=3, fusion=fusion, weight=weight)
+        result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES,
+                                    qrels=QRELS, collection="c", modes=["hybrid", "hybrid+rerank"],
+                                    depth=10, rerank=rerank,
+                                    retrieval=RetrievalSettings(fusion="weighted"))
+        return {m.mode: m.per_query["ndcg@10"] for m in result.modes}
+
+    kept = run("interpolate", 0.0)
+    assert kept["hybrid+rerank"] == kept["hybrid"]
+    assert run("interpolate", 1.0)["hybrid+rerank"] == run("replace", 0.5)["hybrid+rerank"]
+    assert run("replace", 0.5)["hybrid+rerank"]["q1"] < 1.0 == kept["hybrid"]["q1"]
+
+
+def test_modes_without_their_backend_are_refused(store: ListStore) -> None:
+    for mode, needle in [("hybrid+rerank", "reranker"), ("dense-int8", "int8")]:
+        with pytest.raises(ValueError, match=needle):
+            evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
+                               collection="c", modes=[mode], depth=10)
+
+
+def test_documents_rank_in_the_order_of_their_best_chunk() -> None:
+    hits = [ScoredChunk(chunk=Chunk(id=str(i), document_id=s, ordinal=i, text=""), score=v, source=s)
+            for i, (s, v) in enumerate([("a", 0.2), ("b", 0.5), ("a", 0.9), ("c", 0.1)])]
+    assert document_scores(hits) == {"a": 1.0, "b": 0.5, "c": 1 / 3}
+
+
 def test_a_document_scores_as_its_best_chunk() -> None:
     hits = [ScoredChunk(chunk=Chunk(id=str(i), document_id=s, ordinal=i, text=""), score=v, source=s)
             for i, (s, v) in enumerate([("a", 0.2), ("b", 0.5), ("a", 0.9), ("a", 0.1)])]
@@ -79,6 +178,7 @@ def test_a_document_scores_as_its_best_chunk() -> None:
     (["dense-bm25"], 10, 1, "modes must be"),
     (["dense-float32", "dense-float32"], 10, 1, "modes must be"),
     (["dense-binary-rescore"], 250, 5, "hnsw.ef_search"),
+    (["dense-binary"], 1001, 1, "hnsw.ef_search"),
     (["dense-float32"], 0, 1, "positive"),
 ])
 def test_setups_the_store_cannot_run_are_refused(modes: list[str], depth: int, oversample: int,
@@ -91,6 +191,7 @@ def test_float_mode_has_no_candidate_limit() -> None:
     check_setup(["dense-float32"], depth=2000, oversample=10)
     assert parse_modes(" dense-float32 ,dense-binary-rescore") == ["dense-float32",
                                                                     "dense-binary-rescore"]
+    assert parse_modes("all") == list(MODES) and len(MODES) == 7
 
 
 def test_reports_carry_provenance_and_label_published_numbers(store: ListStore, tmp_path: Path) -> None:

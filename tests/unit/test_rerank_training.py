@@ -109,6 +109,19 @@ def test_first_sentence_is_used_when_there_is_no_title_or_heading() -> None:
     assert lead.positive.startswith("x\nSailors lacked fresh fruit")
 
 
+def test_last_sentences_give_claim_like_queries_removed_from_their_passage() -> None:
+    queries = pseudo_queries(_corpus(), rng=random.Random(0), inner_sentences=False,
+                             last_sentences=True)
+    last = [q for q in queries if q.kind == "last-sentence"]
+    assert len(last) == len(DOCS)  # every chunk has four sentences
+    scurvy = next(q for q in last if q.document_id == "scurvy")
+    assert scurvy.text == "The navy made citrus rations compulsory in 1795."
+    assert scurvy.positive == ("Citrus fruit and scurvy at sea\nScurvy killed many sailors on long "
+                               "voyages. Sailors lacked fresh fruit and vegetables for months. "
+                               "Lemon juice given daily prevented the disease in the fleet.")
+    assert all(q.text not in q.positive for q in last)
+
+
 def test_negatives_are_hard_from_other_documents_and_never_contain_the_query() -> None:
     corpus = _corpus()
     search = OverlapSearch(corpus)
