@@ -779,6 +779,7 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
         embedder = SentenceTransformerEmbedder(settings.embedder)
         modes, embed_ms, ingested = {}, {}, set()
         rerank, reranker_bytes = None, 0
+        run_settings: dict[str, Any] = {}
         for (chunk_tokens, group_depth, group_oversample), group in groups.items():
             name = collection if chunk_tokens is None else f"{collection}-c{chunk_tokens}"
             if name not in ingested:
@@ -804,11 +805,12 @@ def _ingest_and_evaluate(settings: Settings, data: BeirDataset, collection: str,
                                             metrics=_retrieval_metrics(), retrieval=settings.retrieval,
                                             rerank=rerank, int8=int8, index_bytes=sizes)
                 embed_ms = embed_ms or result.embed_ms
+                run_settings = run_settings or result.settings
                 for c, mode in zip(batch, result.modes, strict=True):
                     modes[c.name] = replace(mode, mode=c.name)
         return RetrievalResult(collection=collection, model=embedder.name, depth=depth,
                                oversample=oversample, embed_ms=embed_ms,
-                               modes=[modes[c.name] for c in configs])
+                               modes=[modes[c.name] for c in configs], settings=run_settings)
 
 
 def _finish_run(report: Path, *, baseline: Path | None, gates: list[Any]) -> None:
