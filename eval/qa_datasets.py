@@ -207,19 +207,9 @@ def _json_lines(file: Path) -> list[dict]:  # type: ignore[type-arg]
 
 
 def _jsonl(file: Path) -> list[dict]:  # type: ignore[type-arg]
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DatasetError(f"cannot read {file}: {e.strerror}") from e
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as e:
-            raise DatasetError(f"{file}:{n}: not JSON ({e})") from e
+    """QA records: JSON lines that each have a ``question``."""
+    out = _json_lines(file)
+    for n, record in enumerate(out, start=1):
         if "question" not in record:
-            raise DatasetError(f"{file}:{n}: no 'question' field")
-        out.append(record)
+            raise DatasetError(f"{file}: record {n}: no 'question' field")
     return out
