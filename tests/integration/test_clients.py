@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +84,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``verity serve`` with API keys on, over collection ``kb`` of three small documents."""
-    root = tmp_path_factory.mktemp("clients")
-    docs = root / "kb"
-    docs.mkdir()
-    for name, text in CORPUS.items():
-        (docs / name).write_text(text)
-    env = _env(root / "data")
-    _cli(["ingest", str(docs), "--collection", "kb"], env)
+@contextmanager
+def serving(root: Path, env: dict[str, str]) -> Iterator[Server]:
+    """``verity serve`` on a free port over ``env``'s data directory, with a new API key of the
+    default tenant; stopped on exit. Its log is ``root/serve.log``."""
     key = _cli(["keys", "create", "--tenant", "default"], env).strip()
     port = free_port()
     log = root / "serve.log"
@@ -105,6 +100,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server(base_url=base_url, key=key)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``verity serve`` with API keys on, over collection ``kb`` of three small documents."""
+    root = tmp_path_factory.mktemp("clients")
+    docs = root / "kb"
+    docs.mkdir()
+    for name, text in CORPUS.items():
+        (docs / name).write_text(text)
+    env = _env(root / "data")
+    _cli(["ingest", str(docs), "--collection", "kb"], env)
+    with serving(root, env) as server:
+        yield server
 
 
 def test_http_client_searches_with_a_key(server: Server) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.llama_server import free_port
 from tests.helpers import write_beir
-from tests.integration.test_clients import Server, _cli, _env, _stop, _wait_healthy
+from tests.integration.test_clients import Server, _cli, _env, serving
 from tests.integration.test_eval_retrieval import DOCS, QRELS, QUERIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,18 +29,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
     dataset = write_beir(root / "tiny-beir", docs=list(DOCS), queries=list(QUERIES), qrels=QRELS)
     env = _env(root / "data")
     _cli(["ingest", "--format", "beir", str(dataset), "--collection", "tiny"], env)
-    key = _cli(["keys", "create", "--tenant", "default"], env).strip()
-    port = free_port()
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(VERITY + ["serve", "--port", str(port)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, base_url, log)
-        yield Server(base_url=base_url, key=key), dataset
-    finally:
-        _stop(proc)
+    with serving(root, env) as server:
+        yield server, dataset
 
 
 def _eval(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
