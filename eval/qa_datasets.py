@@ -149,7 +149,7 @@ def load_rgb(file: Path) -> QADataset:
     questions is ingested once.
     """
     examples, corpus = [], {}
-    for n, record in enumerate(_json_lines(file), start=1):
+    for n, record in _json_lines(file):
         missing = [k for k in ("id", "query", "answer", "positive", "negative") if k not in record]
         if missing:
             raise DatasetError(f"{file}:{n}: not an RGB record, missing {', '.join(missing)}")
@@ -191,7 +191,8 @@ def load_jsonl(file: Path) -> QADataset:
     return QADataset(file.stem, examples, list(corpus.values()), [file])
 
 
-def _json_lines(file: Path) -> list[dict]:  # type: ignore[type-arg]
+def _json_lines(file: Path) -> list[tuple[int, dict]]:  # type: ignore[type-arg]
+    """``(line number, record)`` for every non-blank line of a JSON-lines file."""
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -200,7 +201,7 @@ def _json_lines(file: Path) -> list[dict]:  # type: ignore[type-arg]
     for n, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                out.append((n, json.loads(line)))
             except ValueError as e:
                 raise DatasetError(f"{file}:{n}: not JSON ({e})") from e
     return out
@@ -208,8 +209,8 @@ def _json_lines(file: Path) -> list[dict]:  # type: ignore[type-arg]
 
 def _jsonl(file: Path) -> list[dict]:  # type: ignore[type-arg]
     """QA records: JSON lines that each have a ``question``."""
-    out = _json_lines(file)
-    for n, record in enumerate(out, start=1):
+    records = _json_lines(file)
+    for n, record in records:
         if "question" not in record:
-            raise DatasetError(f"{file}: record {n}: no 'question' field")
-    return out
+            raise DatasetError(f"{file}:{n}: no 'question' field")
+    return [record for _, record in records]
