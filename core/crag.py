@@ -18,7 +18,6 @@ Every answer carries a trace of what happened.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -29,11 +28,11 @@ from core.connectors import Connector
 from core.errors import GenerationError, NotFoundError
 from core.pii import PiiVault
 from core.rag import Prepared, RagPipeline
+from core.sentences import split_sentences
 from core.settings import CragSettings, RetrievalSettings
 from core.types import Answer, Citation, ScoredChunk, SearchFilter
 
 CragAction = Literal["correct", "ambiguous", "incorrect"]
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +61,7 @@ def grade(best: float, *, upper: float, lower: float) -> CragAction:
 def split_strips(text: str, *, max_words: int = 60) -> list[str]:
     """Sentences of ``text``; runs longer than ``max_words`` are cut into windows."""
     strips = []
-    for sentence in _SENTENCE.split(" ".join(text.split())):
+    for sentence in split_sentences(text):
         words = sentence.split()
         for start in range(0, len(words), max_words):
             piece = " ".join(words[start:start + max_words])
@@ -205,29 +204,34 @@ class CorrectiveRag:
         Called once for internal knowledge and once for corrective results; the
         trace adds up strips over both calls and keeps the best strip score.
         A strip is scored with its source's title in front (a sentence such as
-        "He was a pianist" names its subject only there). Sources come best
-        first, by their best strip, so the numbering keeps the evaluator's rank
-        order; within a source the kept strips stay in document order.
+        "He was a pianist" names its subject only there). A source that keeps
+        any strip also keeps its first one, which usually says whom or what the
+        source is about: without it, "was a retired barrister" from a namesake's
+        page reads as an answer. Sources keep their retrieval rank: ordering
+        them by their best strip put a namesake's sentence that merely shares
+        the question's words ("giving occupation to the poor") first.
         """
-        strips = [(k, s) for k in _dedupe(knowledge) for s in split_strips(k.text)]
+        strips = [(k, j, s) for k in _dedupe(knowledge) for j, s in enumerate(split_strips(k.text))]
         trace["strips_total"] = trace.get("strips_total", 0) + len(strips)
         if not strips:
             trace.setdefault("strips_kept", 0)
             return []
         vectors = self.rag.embedder.embed_documents(
-            [f"{k.title}. {s}" if k.title else s for k, s in strips])
+            [f"{k.title}. {s}" if k.title else s for k, _, s in strips])
         scores = vectors @ qvec
         trace["best_strip"] = round(max(float(scores.max()), trace.get("best_strip", -1.0)), 4)
         ranked = sorted(range(len(strips)), key=lambda i: -scores[i])
-        keep = [i for i in ranked if scores[i] >= self.settings.strip_min][:self.settings.max_strips]
+        keep = set([i for i in ranked if scores[i] >= self.settings.strip_min]
+                   [:self.settings.max_strips])
+        sources = {strips[i][0].chunk_id for i in keep}
+        keep |= {i for i, (k, j, _) in enumerate(strips) if j == 0 and k.chunk_id in sources}
         trace["strips_kept"] = trace.get("strips_kept", 0) + len(keep)
         by_source: dict[str, list[int]] = {}
         for i in sorted(keep):
             by_source.setdefault(strips[i][0].chunk_id, []).append(i)
-        refined = [replace(strips[idx[0]][0], text=" ".join(strips[i][1] for i in idx),
-                           score=float(max(scores[i] for i in idx)))
-                   for idx in by_source.values()]
-        return sorted(refined, key=lambda k: -k.score)
+        return [replace(strips[idx[0]][0], text=" ".join(strips[i][2] for i in idx),
+                        score=float(max(scores[i] for i in idx)))
+                for idx in by_source.values()]
 
 
 def _known_score(h: ScoredChunk) -> float | None:

@@ -53,6 +53,38 @@ def test_correct_retrieval_is_refined_to_relevant_strips(runtime: Runtime, colle
     assert {"evaluate_ms", "refine_ms", "generate_ms", "total_ms"} <= set(answer.timings)
 
 
+NAMESAKES = {
+    "westcott-editor.md": "Col. David M. Westcott (ca. 1769 - April 21, 1841) was an American "
+                          "politician and newspaper editor from New York. He was born in Cornwall.",
+    "westcott-barrister.md": "David Guy Westcott (born 1957) is a former field hockey player. "
+                             "He studied at Brasenose College, Oxford. David Westcott is a retired "
+                             "barrister specialising in personal injury and clinical negligence.",
+}
+
+
+def test_refinement_keeps_retrieval_order_and_each_sources_lead_sentence(
+    retrieval_runtime: Runtime,
+) -> None:
+    runtime = retrieval_runtime
+    pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
+                              chunking=ChunkingSettings())
+    docs = [Document(source=name, title="", sections=(Section(text),), content_hash=name)
+            for name, text in NAMESAKES.items()]
+    assert pipeline.ingest_documents(docs, collection="crag-namesakes").ok
+    question = "What is David M. Westcott's occupation?"
+    crag = _crag(runtime, upper=0.1, lower=0.05, strip_min=0.2, max_strips=2)
+    ranked = [h.source for h in crag.rag.retrieve(question, collection="crag-namesakes", top_k=2)]
+    prepared = crag.prepare(question, collection="crag-namesakes", top_k=2)
+    assert prepared.trace["action"] == "correct"
+    kept = [s.document for s in prepared.sources]
+    # Retrieval rank, not best-strip order; the barrister's "retired barrister" sentence
+    # scores highest, but the page retrieval ranks first stays first.
+    assert kept[0] == ranked[0] and kept == [d for d in ranked if d in kept], (ranked, kept)
+    by_doc = {s.document: s.text for s in prepared.sources}
+    for doc, text in by_doc.items():  # the lead sentence, whole: abbreviations do not cut it
+        assert text.startswith(NAMESAKES[doc].split(". He ")[0]), text
+
+
 def test_incorrect_retrieval_rewrites_and_uses_the_replay_connector(
     runtime: Runtime, collection: str, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from core.connectors import ReplayConnector, build_connectors
 from core.crag import _clean_query, grade, split_strips
 from core.errors import ConfigError
 from core.injection import neutralize
+from core.sentences import split_sentences
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +23,22 @@ def test_strips_are_sentences_and_long_runs_are_windowed() -> None:
     strips = split_strips(text, max_words=60)
     assert strips[:2] == ["Henry Feilden was a politician.", "He was born in 1818!"]
     assert all(len(s.split()) <= 60 for s in strips) and len(strips) == 5
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Col. David M. Westcott (ca. 1769 - 1841) was a politician. He edited a paper.",
+     ["Col. David M. Westcott (ca. 1769 - 1841) was a politician.", "He edited a paper."]),
+    ("Dominick Bellizzi (c. 1912 - 1934) was a jockey. The Ven. J. S. Butson was a priest.",
+     ["Dominick Bellizzi (c. 1912 - 1934) was a jockey.", "The Ven. J. S. Butson was a priest."]),
+    ("He served in the U.S. Army. Smith et al. 2004 found it! Did they? Yes.",
+     ["He served in the U.S. Army.", "Smith et al. 2004 found it!", "Did they?", "Yes."]),
+    ('He was known as "The Duke." In 1933 he won.', ['He was known as "The Duke."', "In 1933 he won."]),
+    ("他是一名歌手。他出生于北京！是的", ["他是一名歌手。", "他出生于北京！", "是的"]),
+    ("no stop at the end", ["no stop at the end"]),
+    ("  ", []),
+])
+def test_sentences_end_at_stops_but_not_at_abbreviations(text: str, expected: list[str]) -> None:
+    assert split_sentences(text) == expected
 
 
 def test_replay_connector_serves_the_recorded_results(tmp_path: Path) -> None:
