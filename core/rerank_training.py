@@ -37,6 +37,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.lexical import BM25_B, BM25_K1
 from core.rerankers import rerank_text
 from core.types import ScoredChunk
 
@@ -246,7 +247,7 @@ def split_by_document(groups: Sequence[TrainingGroup], *, heldout: int,
 
 
 def store_searchers(store: PgvectorStore, embedder: Embedder, *, collection: str, depth: int,
-                    k1: float = 0.9, b: float = 0.4) -> list[Search]:
+                    k1: float = BM25_K1, b: float = BM25_B) -> list[Search]:
     """BM25 and dense search over ``collection``, each returning ``depth`` hits per query.
 
     Dense search embeds the pseudo-queries in batches with ``embed_documents``:
@@ -444,8 +445,8 @@ class TuneOptions:
     inner_sentences: bool = True
     last_sentences: bool = False
     seed: int = 0
-    bm25_k1: float = 0.9
-    bm25_b: float = 0.4
+    bm25_k1: float = BM25_K1
+    bm25_b: float = BM25_B
 
 
 @dataclass(frozen=True, slots=True)

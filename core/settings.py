@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.lexical import BM25_B, BM25_K1
+
 BUNDLED_EMBEDDER = "bundled:all-MiniLM-L6-v2"
 BUNDLED_GGUF = "bundled:qwen2.5-coder-0.5b-instruct-q4_k_m"
 
@@ -107,8 +109,8 @@ class RetrievalSettings(BaseModel):
     candidates: int = Field(default=50, ge=1, le=1000, description="per retriever, before fusion")
     rrf_k: int = Field(default=60, ge=1)
     dense_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="weighted fusion only")
-    bm25_k1: float = Field(default=0.9, gt=0)
-    bm25_b: float = Field(default=0.4, ge=0, le=1)
+    bm25_k1: float = Field(default=BM25_K1, gt=0)
+    bm25_b: float = Field(default=BM25_B, ge=0, le=1)
     dense_mode: Literal["float", "binary", "binary-rescore"] = "float"
     widen: int = Field(default=0, ge=0, le=5, description="neighbouring chunks added per side")
     oversample: int = Field(default=10, ge=1, description="binary candidates = top_k x oversample")

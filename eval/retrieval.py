@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from core.lexical import BM25_B, BM25_K1
 from core.protocols import Reranker
 from core.rag import RagPipeline
 from core.settings import RetrievalSettings
@@ -62,7 +63,7 @@ class SearchStore(Protocol):
     ) -> list[ScoredChunk]: ...
 
     def search_lexical(
-        self, *, collection: str, query: str, top_k: int, k1: float = 0.9, b: float = 0.4,
+        self, *, collection: str, query: str, top_k: int, k1: float = BM25_K1, b: float = BM25_B,
         where: SearchFilter | None = None,
     ) -> list[ScoredChunk]: ...
 

@@ -17,7 +17,7 @@ import psycopg
 from pgvector import Bit, HalfVector
 
 from core.errors import ConfigError, ConflictError, NotFoundError, StoreError
-from core.lexical import term_frequencies
+from core.lexical import BM25_B, BM25_K1, term_frequencies
 from core.quantize import quantize_binary
 from core.stores import pgvector_sql as q
 from core.stores.database import Database
@@ -197,7 +197,7 @@ class PgvectorStore:
         return [_scored(row, stage=f"dense_{mode}") for row in rows]
 
     def search_lexical(
-        self, *, collection: str, query: str, top_k: int, k1: float = 0.9, b: float = 0.4,
+        self, *, collection: str, query: str, top_k: int, k1: float = BM25_K1, b: float = BM25_B,
         where: SearchFilter | None = None,
     ) -> list[ScoredChunk]:
         """The ``top_k`` visible chunks by BM25, best first; statistics cover visible chunks only."""
