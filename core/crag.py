@@ -113,7 +113,10 @@ class CorrectiveRag:
         internal: list[Knowledge] = []
         corrective: list[Knowledge] = []
         if action in ("correct", "ambiguous"):
-            internal = [_from_hit(h, s) for h, s in scored if s >= self.settings.lower]
+            # Every retrieved chunk goes to refinement, as in the paper: the strips are what
+            # get filtered. Dropping whole chunks by their own score lost the one page that
+            # named the person asked about whenever its long text diluted the cosine.
+            internal = [_from_hit(h, s) for h, s in scored]
         if action in ("incorrect", "ambiguous"):
             with timer.stage("correct_ms"):
                 corrective = self._correct(question, qvec, collection=collection, where=where,
