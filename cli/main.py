@@ -980,6 +980,9 @@ def eval_qa(
     collection: Annotated[str | None, typer.Option(
         help="collection for the dataset's passages (default: qa-<dataset>)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N questions")] = None,
+    skip: Annotated[int, typer.Option(
+        min=0, help="leave out the first N questions (e.g. those a threshold was fitted on); "
+                    "--limit then counts from there")] = 0,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     judge: Annotated[str, typer.Option(
@@ -1010,7 +1013,9 @@ def eval_qa(
         raise _fail(str(e)) from None
     if judge not in ("local", "none") and not judge.startswith(("http://", "https://")):
         raise _fail(f"--judge must be local, none or an http(s) URL, not {judge!r}")
-    data = load_qa(dataset).limited(limit)
+    data = load_qa(dataset).limited(limit, skip=skip)
+    if not data.examples:
+        raise _fail(f"--skip {skip} leaves no questions")
     name = validate_collection_name(collection or f"qa-{data.name}".replace("_", "-"))
     if any(c.replay for c in config_list) and data.replay is None:
         raise _fail(f"{data.name} ships no recorded search results for crag+replay")

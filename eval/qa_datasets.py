@@ -65,10 +65,11 @@ class QADataset:
     files: list[Path] = field(default_factory=list)
     replay: tuple[Path, Path] | None = None  # (questions.jsonl, knowledge.txt)
 
-    def limited(self, n: int | None) -> QADataset:
-        if n is None:
+    def limited(self, n: int | None, *, skip: int = 0) -> QADataset:
+        """The questions after the first ``skip``, at most ``n`` of them, and their passages."""
+        if n is None and not skip:
             return self
-        examples = self.examples[:n]
+        examples = self.examples[skip:None if n is None else skip + n]
         corpus = self.corpus
         if any(e.passage_ids for e in self.examples):
             keep = {pid for e in examples for pid in e.passage_ids}

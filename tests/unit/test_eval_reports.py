@@ -166,6 +166,10 @@ def test_rgb_adapter_on_the_shared_set_limits_its_corpus() -> None:
     small = data.limited(2)
     assert {p.id for p in small.corpus} == {pid for e in small.examples for pid in e.passage_ids}
     assert small.examples[0].answer_groups == (("12人",),)
+    later = data.limited(2, skip=2)  # e.g. past the questions a threshold was fitted on
+    assert [e.id for e in later.examples] == [e.id for e in data.examples[2:4]]
+    assert {p.id for p in later.corpus} == {pid for e in later.examples for pid in e.passage_ids}
+    assert len(data.limited(None, skip=299).examples) == 1
 
 
 # --- matrix --------------------------------------------------------------------------------
