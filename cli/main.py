@@ -492,15 +492,22 @@ def tune_reranker(
 
 
 @contextmanager
-def _step_bar() -> Iterator[Callable[[int, int, float], None]]:
+def _step_bar(every: int = 25) -> Iterator[Callable[[int, int, float], None]]:
+    """Training progress: a bar on a terminal, else a plain line every ``every`` steps and at
+    the end, so a log shows how far a long run has come."""
     from tqdm import tqdm
 
-    bar = tqdm(desc="train", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+    tty = sys.stderr.isatty()
+    bar = tqdm(desc="train", unit="step", file=sys.stderr, disable=not tty)
+    started = time.perf_counter()
 
     def on_step(step: int, total: int, loss: float) -> None:
         bar.total = total
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
+        if not tty and (step % every == 0 or step == total):
+            print(f"train: step {step}/{total}, loss {loss:.3f}, "
+                  f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
     try:
         yield on_step
