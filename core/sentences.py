@@ -16,13 +16,14 @@ import re
 
 _END = re.compile(r"([.!?])[\"'”’)\]]*\s+(?=[A-Z0-9\"'“‘(\[À-Þ])|[。！？]")
 _WORD_BEFORE = re.compile(r"([\w.]+)[.!?]?$")
-# Titles, dating and reference abbreviations that end with a stop but not a sentence.
+# Titles, dating and reference abbreviations that end with a stop but not a sentence. Dotted
+# ones ("e.g", "U.S") need no entry: any word of one- or two-letter parts counts.
 ABBREVIATIONS = frozenset({
     "mr", "mrs", "ms", "dr", "prof", "rev", "ven", "hon", "sr", "jr", "st", "mt", "ft",
     "col", "gen", "lt", "capt", "cpt", "cmdr", "adm", "maj", "sgt", "cpl", "gov", "sen",
     "rep", "pres", "fr", "br", "msgr", "ca", "c", "fl", "b", "d", "r", "cf", "vs",
     "no", "nos", "vol", "vols", "pp", "p", "ch", "fig", "figs", "eq", "ed", "eds",
-    "e.g", "i.e", "approx", "inc", "ltd", "co", "corp", "bros", "jan", "feb", "mar", "apr",
+    "approx", "inc", "ltd", "co", "corp", "bros", "jan", "feb", "mar", "apr",
     "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "al", "op",
 })
 
@@ -37,7 +38,7 @@ def split_sentences(text: str) -> list[str]:
     flat = " ".join(text.split())
     sentences, start = [], 0
     for match in _END.finditer(flat):
-        if match.group(1) == "." and _abbreviated(flat[start:match.start() + 1]):
+        if match.group(1) == "." and _abbreviated(flat[start:match.start()]):
             continue
         sentence = flat[start:match.end()].strip()
         if sentence:
@@ -48,9 +49,9 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _abbreviated(head: str) -> bool:
-    """Whether the stop ending ``head`` belongs to an abbreviation or an initial."""
-    found = _WORD_BEFORE.search(head[:-1] if head.endswith(".") else head)
+def _abbreviated(before: str) -> bool:
+    """Whether a stop right after ``before`` belongs to an abbreviation or an initial."""
+    found = _WORD_BEFORE.search(before)
     if not found:
         return False
     word = found.group(1).lower().strip(".")

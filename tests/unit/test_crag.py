@@ -34,6 +34,7 @@ def test_strips_are_sentences_and_long_runs_are_windowed() -> None:
      ["He served in the U.S. Army.", "Smith et al. 2004 found it!", "Did they?", "Yes."]),
     ('He was known as "The Duke." In 1933 he won.', ['He was known as "The Duke."', "In 1933 he won."]),
     ("他是一名歌手。他出生于北京！是的", ["他是一名歌手。", "他出生于北京！", "是的"]),
+    ("See e.g. the paper. I.e. this one.", ["See e.g. the paper.", "I.e. this one."]),
     ("no stop at the end", ["no stop at the end"]),
     ("  ", []),
 ])
