@@ -176,3 +176,21 @@ def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         elif line.startswith("data: ") and event:
             yield event, json.loads(line[6:])
             event = None
+
+
+def ingest_texts(runtime: Any, collection: str, texts: dict[str, str], *, titled: bool = True,
+                 hash_prefix: str = "") -> str:
+    """Ingest ``{source name: text}`` into ``collection`` with default chunking; returns its name.
+
+    Each text is one section; with ``titled`` its source name is also its title.
+    """
+    from core.settings import ChunkingSettings
+    from core.types import Document, Section
+    from ingest.pipeline import IngestPipeline
+
+    pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
+                              chunking=ChunkingSettings())
+    docs = [Document(source=name, title=name if titled else "", sections=(Section(text),),
+                     content_hash=f"{hash_prefix}{name}") for name, text in texts.items()]
+    assert pipeline.ingest_documents(docs, collection=collection).ok
+    return collection

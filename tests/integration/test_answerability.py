@@ -7,9 +7,8 @@ import pytest
 from core.connectors import ReplayConnector
 from core.crag import CorrectiveRag
 from core.runtime import Runtime
-from core.settings import ChunkingSettings, CragSettings
-from core.types import Document, Section
-from ingest.pipeline import IngestPipeline
+from core.settings import CragSettings
+from tests.helpers import ingest_texts
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +22,7 @@ FACTS = {
 
 @pytest.fixture(scope="module")
 def facts(retrieval_runtime: Runtime) -> str:
-    pipeline = IngestPipeline(store=retrieval_runtime.store, embedder=retrieval_runtime.embedder,
-                              chunking=ChunkingSettings())
-    docs = [Document(source=name, title=name, sections=(Section(text),), content_hash=f"a-{name}")
-            for name, text in FACTS.items()]
-    assert pipeline.ingest_documents(docs, collection="answerability-facts").ok
-    return "answerability-facts"
+    return ingest_texts(retrieval_runtime, "answerability-facts", FACTS, hash_prefix="a-")
 
 
 def _crag(runtime: Runtime, answerable_min: float | None) -> CorrectiveRag:

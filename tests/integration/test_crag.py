@@ -8,9 +8,8 @@ from core.connectors import ReplayConnector
 from core.crag import CorrectiveRag
 from core.rag import ABSTAIN_TEXT
 from core.runtime import Runtime
-from core.settings import ChunkingSettings, CragSettings
-from core.types import Document, Section
-from ingest.pipeline import IngestPipeline
+from core.settings import CragSettings
+from tests.helpers import ingest_texts
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +26,7 @@ FACTS = {
 
 @pytest.fixture(scope="module")
 def collection(runtime: Runtime) -> str:
-    pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
-                              chunking=ChunkingSettings())
-    docs = [Document(source=name, title=name, sections=(Section(text),), content_hash=name)
-            for name, text in FACTS.items()]
-    assert pipeline.ingest_documents(docs, collection="crag-facts").ok
-    return "crag-facts"
+    return ingest_texts(runtime, "crag-facts", FACTS)
 
 
 def _crag(runtime: Runtime, connectors=(), **settings: object) -> CorrectiveRag:
@@ -66,11 +60,7 @@ def test_refinement_keeps_retrieval_order_and_each_sources_lead_sentence(
     retrieval_runtime: Runtime,
 ) -> None:
     runtime = retrieval_runtime
-    pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
-                              chunking=ChunkingSettings())
-    docs = [Document(source=name, title="", sections=(Section(text),), content_hash=name)
-            for name, text in NAMESAKES.items()]
-    assert pipeline.ingest_documents(docs, collection="crag-namesakes").ok
+    ingest_texts(runtime, "crag-namesakes", NAMESAKES, titled=False)
     question = "What is David M. Westcott's occupation?"
     crag = _crag(runtime, upper=0.1, lower=0.05, strip_min=0.2, max_strips=2)
     ranked = [h.source for h in crag.rag.retrieve(question, collection="crag-namesakes", top_k=2)]
