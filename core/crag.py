@@ -271,9 +271,10 @@ def term_coverage(question: str, texts: Sequence[str]) -> np.ndarray:
     of the question's BM25 terms (question words aside) weighs its inverse
     document frequency over ``texts``, ln(1 + n / (df + 0.5)), so the rare
     words (names) count most and a word no text contains lowers every text's
-    coverage. The evaluator multiplies dense similarity by this share (on
-    PopQA's first 100 questions that raised the AUC of "the answer is in the
-    retrieved chunks" from 0.70 to 0.82; docs/BENCHMARKS.md).
+    coverage. With ``term_coverage`` on, the evaluator multiplies dense
+    similarity by this share: on PopQA's first 100 questions that raised the
+    AUC of "the answer is in the retrieved chunks" from 0.70 to 0.82, but not
+    the bundled model's accuracy (docs/BENCHMARKS.md), so it is off by default.
     """
     terms = set(analyze(question)) - _QUESTION_WORDS
     if not terms or not texts:

@@ -75,6 +75,25 @@ def test_refinement_keeps_retrieval_order_and_each_sources_lead_sentence(
         assert text.startswith(NAMESAKES[doc].split(". He ")[0]), text
 
 
+def test_the_evaluator_weighs_a_namesake_down_by_the_question_words_it_lacks(
+    retrieval_runtime: Runtime,
+) -> None:
+    runtime = retrieval_runtime
+    ingest_texts(runtime, "crag-namesakes", NAMESAKES, titled=False)
+    question = "What is David M. Westcott's occupation?"
+    hits = runtime.rag().retrieve(question, collection="crag-namesakes", top_k=2)
+    weighed = {h.source: s for h, s in
+              _crag(runtime, term_coverage=True).evaluate(question, hits)[1]}
+    plain = {h.source: s for h, s in _crag(runtime, term_coverage=False).evaluate(question, hits)[1]}
+    editor, barrister = "westcott-editor.md", "westcott-barrister.md"
+    assert plain[barrister] == pytest.approx(
+        next(v for k, v in hits[[h.source for h in hits].index(barrister)].scores.items()
+             if k.startswith("dense")))
+    # Neither page says "occupation"; only the editor's has the "M.", so it loses less.
+    assert weighed[editor] / plain[editor] > weighed[barrister] / plain[barrister]
+    assert weighed[editor] > weighed[barrister]
+
+
 def test_incorrect_retrieval_rewrites_and_uses_the_replay_connector(
     runtime: Runtime, collection: str, tmp_path: Path
 ) -> None:
@@ -93,6 +112,25 @@ def test_incorrect_retrieval_rewrites_and_uses_the_replay_connector(
     assert "1998" in answer.text
     assert any(c.document.startswith("replay: Ostrava Tram Museum") for c in answer.citations)
     assert answer.usage["prompt_tokens"] > 0
+
+
+def test_corrective_results_are_evaluated_again_and_ranked_best_first(
+    runtime: Runtime, collection: str, tmp_path: Path
+) -> None:
+    question = "In which year was the Ostrava Tram Museum opened?"
+    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
+    (tmp_path / "k.txt").write_text(
+        "Ostrava: Ostrava is a city in the Czech Republic. ; "
+        "#Ostrava Tram Museum: The Ostrava Tram Museum opened in 1998 in a former depot.")
+    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+    # Every strip kept, so the collection's re-retrieved chunks (about falcons, a harbour and
+    # a mascot) reach the sources too; ranked by relevance to the question, they come last,
+    # and the museum's passage comes first although the connector returned it second.
+    prepared = _crag(runtime, [replay], upper=0.99, lower=0.98, strip_min=-1.0, max_strips=50,
+                     rewrite=False).prepare(question, collection=collection, top_k=3)
+    documents = [s.document for s in prepared.sources]
+    assert documents[:2] == ["replay: Ostrava Tram Museum", "replay: Ostrava"], documents
+    assert set(documents[2:]) <= set(FACTS) and len(documents) > 2, documents
 
 
 def test_nothing_relevant_after_correction_abstains(runtime: Runtime, collection: str) -> None:

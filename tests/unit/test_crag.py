@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from core.connectors import ReplayConnector, build_connectors
-from core.crag import _clean_query, grade, split_strips
+from core.crag import _clean_query, grade, split_strips, term_coverage
 from core.errors import ConfigError
 from core.injection import neutralize
 from core.sentences import split_sentences
@@ -16,6 +16,20 @@ pytestmark = pytest.mark.unit
                                               (0.29, "incorrect")])
 def test_grade_uses_both_thresholds(best: float, action: str) -> None:
     assert grade(best, upper=0.55, lower=0.30) == action
+
+
+def test_term_coverage_tells_a_namesake_from_the_subject_by_the_rare_words() -> None:
+    question = "What is Walter Köbel's occupation?"
+    texts = ["Walter Köberle. Walter Köberle is an ice hockey player.",
+             "Walter Klaus Köbel. He joined the NSDAP in 1937 and became Lord Mayor.",
+             "Walter Licht. Walter Licht is an American historian."]
+    cover = term_coverage(question, texts)
+    assert cover[1] > cover[0] and cover[1] > cover[2]
+    # "walter" is in all three, so it weighs less than "köbel", which one text has;
+    # "occupation", in none, lowers them all; "what" and the possessive "s" weigh nothing.
+    assert 0 < cover[0] == cover[2] < cover[1] < 1
+    assert term_coverage("What is it?", texts).tolist() == [1.0, 1.0, 1.0]
+    assert term_coverage(question, []).size == 0
 
 
 def test_strips_are_sentences_and_long_runs_are_windowed() -> None:
