@@ -24,6 +24,15 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def replay_connector(tmp_path: Path, question: str, results: str) -> Any:
+    """A replay connector that answers ``question`` with ``results`` (`` ; ``-separated)."""
+    from core.connectors import ReplayConnector
+
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": question}) + "\n")
+    (tmp_path / "k.txt").write_text(results)
+    return ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+
+
 def processes_using(data_dir: Path) -> list[psutil.Process]:
     """Processes (postgres, llama.cpp) whose command line names ``data_dir``."""
     found = []

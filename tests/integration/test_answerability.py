@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from core.connectors import ReplayConnector
 from core.crag import CorrectiveRag
 from core.runtime import Runtime
 from core.settings import CragSettings
-from tests.helpers import ingest_texts
+from tests.helpers import ingest_texts, replay_connector
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +51,11 @@ def test_the_check_is_off_by_default(retrieval_runtime: Runtime, facts: str) -> 
 def test_ambiguous_puts_corrective_results_after_the_internal_knowledge(
         retrieval_runtime: Runtime, facts: str, tmp_path: Path) -> None:
     question = "How many eggs do Zorbanian falcons lay?"
-    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
     # Web snippets that name the falcons as exactly as the question does.
-    (tmp_path / "k.txt").write_text(
+    replay = replay_connector(
+        tmp_path, question,
         "#Zorbanian falcons: Zorbanian falcons lay eggs. ; "
         "#Zorbanian falcon eggs: How many eggs Zorbanian falcons lay is unknown.")
-    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
     crag = CorrectiveRag(retrieval_runtime.rag(), CragSettings(
         enabled=True, upper=0.99, lower=-1.0, strip_min=-1.0), [replay])
     prepared = crag.prepare(question, collection=facts)

@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from core.connectors import ReplayConnector
 from core.crag import CorrectiveRag
 from core.rag import ABSTAIN_TEXT
 from core.runtime import Runtime
 from core.settings import CragSettings
-from tests.helpers import ingest_texts
+from tests.helpers import ingest_texts, replay_connector
 
 pytestmark = pytest.mark.integration
 
@@ -94,15 +93,16 @@ def test_the_evaluator_weighs_a_namesake_down_by_the_question_words_it_lacks(
     assert weighed[editor] > weighed[barrister]
 
 
+MUSEUM = "In which year was the Ostrava Tram Museum opened?"
+MUSEUM_PAGE = "#Ostrava Tram Museum: The Ostrava Tram Museum opened in 1998 in a former depot."
+CITY_PAGE = "Ostrava: Ostrava is a city in the Czech Republic."
+
+
 def test_incorrect_retrieval_rewrites_and_uses_the_replay_connector(
     runtime: Runtime, collection: str, tmp_path: Path
 ) -> None:
-    question = "In which year was the Ostrava Tram Museum opened?"
-    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
-    (tmp_path / "k.txt").write_text(
-        "#Ostrava Tram Museum: The Ostrava Tram Museum opened in 1998 in a former depot. ; "
-        "Ostrava: Ostrava is a city in the Czech Republic.")
-    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+    question = MUSEUM
+    replay = replay_connector(tmp_path, question, f"{MUSEUM_PAGE} ; {CITY_PAGE}")
     answer = _crag(runtime, [replay], upper=0.99, lower=0.98).answer(
         question, collection=collection, top_k=3)
     trace = answer.trace
@@ -117,12 +117,8 @@ def test_incorrect_retrieval_rewrites_and_uses_the_replay_connector(
 def test_corrective_results_are_evaluated_again_and_ranked_best_first(
     runtime: Runtime, collection: str, tmp_path: Path
 ) -> None:
-    question = "In which year was the Ostrava Tram Museum opened?"
-    (tmp_path / "q.jsonl").write_text(f'{{"question": "{question}"}}\n')
-    (tmp_path / "k.txt").write_text(
-        "Ostrava: Ostrava is a city in the Czech Republic. ; "
-        "#Ostrava Tram Museum: The Ostrava Tram Museum opened in 1998 in a former depot.")
-    replay = ReplayConnector(tmp_path / "q.jsonl", tmp_path / "k.txt")
+    question = MUSEUM
+    replay = replay_connector(tmp_path, question, f"{CITY_PAGE} ; {MUSEUM_PAGE}")
     # Every strip kept, so the collection's re-retrieved chunks (about falcons, a harbour and
     # a mascot) reach the sources too; ranked by relevance to the question, they come last,
     # and the museum's passage comes first although the connector returned it second.
