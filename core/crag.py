@@ -207,17 +207,21 @@ class CorrectiveRag:
         trace["corrective_results"] = len(found)
         # Evaluate again, against the question rather than the rewritten query, and on one
         # scale for re-retrieved chunks and connector passages alike: best first.
-        scores = self._score_texts(question, qvec, [f"{k.title}. {k.text}" if k.title else k.text
-                                                    for k in found])
+        _, scores = self._score_texts(question, qvec, [f"{k.title}. {k.text}" if k.title
+                                                       else k.text for k in found])
         ranked = sorted(zip(found, scores, strict=True), key=lambda pair: -pair[1])
         return [replace(k, score=float(s)) for k, s in ranked]
 
-    def _score_texts(self, question: str, qvec: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """Dense cosine similarity to the question, times term coverage when enabled."""
+    def _score_texts(self, question: str, qvec: np.ndarray, texts: Sequence[str]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's dense cosine with the question, and its relevance: the cosine, times
+        term coverage when enabled."""
         if not texts:
-            return np.zeros(0)
+            return np.zeros(0), np.zeros(0)
         cosines = self.rag.embedder.embed_documents(list(texts)) @ qvec
-        return cosines * term_coverage(question, texts) if self.settings.term_coverage else cosines
+        if not self.settings.term_coverage:
+            return cosines, cosines
+        return cosines, cosines * term_coverage(question, texts)
 
     def _refine(self, question: str, qvec: np.ndarray, knowledge: list[Knowledge],
                 trace: dict[str, Any]) -> list[Knowledge]:
@@ -239,9 +243,7 @@ class CorrectiveRag:
             trace.setdefault("strips_kept", 0)
             return []
         texts = [f"{k.title}. {s}" if k.title else s for k, _, s in strips]
-        cosines = self.rag.embedder.embed_documents(texts) @ qvec
-        scores = cosines * term_coverage(question, texts) if self.settings.term_coverage \
-            else cosines
+        cosines, scores = self._score_texts(question, qvec, texts)
         # The answerability check reads the best strip's plain cosine: on SQuAD v2's held-out
         # half it separated unanswerable questions better than the coverage-weighted score.
         trace["best_strip"] = round(max(float(cosines.max()), trace.get("best_strip", -1.0)), 4)
