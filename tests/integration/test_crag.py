@@ -55,15 +55,21 @@ NAMESAKES = {
 }
 
 
+WESTCOTT = "What is David M. Westcott's occupation?"
+
+
+@pytest.fixture(scope="module")
+def namesakes(retrieval_runtime: Runtime) -> str:
+    return ingest_texts(retrieval_runtime, "crag-namesakes", NAMESAKES, titled=False)
+
+
 def test_refinement_keeps_retrieval_order_and_each_sources_lead_sentence(
-    retrieval_runtime: Runtime,
+    retrieval_runtime: Runtime, namesakes: str,
 ) -> None:
-    runtime = retrieval_runtime
-    ingest_texts(runtime, "crag-namesakes", NAMESAKES, titled=False)
-    question = "What is David M. Westcott's occupation?"
-    crag = _crag(runtime, upper=0.1, lower=0.05, strip_min=0.2, max_strips=2)
-    ranked = [h.source for h in crag.rag.retrieve(question, collection="crag-namesakes", top_k=2)]
-    prepared = crag.prepare(question, collection="crag-namesakes", top_k=2)
+    question = WESTCOTT
+    crag = _crag(retrieval_runtime, upper=0.1, lower=0.05, strip_min=0.2, max_strips=2)
+    ranked = [h.source for h in crag.rag.retrieve(question, collection=namesakes, top_k=2)]
+    prepared = crag.prepare(question, collection=namesakes, top_k=2)
     assert prepared.trace["action"] == "correct"
     kept = [s.document for s in prepared.sources]
     # Retrieval rank, not best-strip order; the barrister's "retired barrister" sentence
@@ -75,19 +81,16 @@ def test_refinement_keeps_retrieval_order_and_each_sources_lead_sentence(
 
 
 def test_the_evaluator_weighs_a_namesake_down_by_the_question_words_it_lacks(
-    retrieval_runtime: Runtime,
+    retrieval_runtime: Runtime, namesakes: str,
 ) -> None:
-    runtime = retrieval_runtime
-    ingest_texts(runtime, "crag-namesakes", NAMESAKES, titled=False)
-    question = "What is David M. Westcott's occupation?"
-    hits = runtime.rag().retrieve(question, collection="crag-namesakes", top_k=2)
+    runtime, question = retrieval_runtime, WESTCOTT
+    hits = runtime.rag().retrieve(question, collection=namesakes, top_k=2)
     weighed = {h.source: s for h, s in
-              _crag(runtime, term_coverage=True).evaluate(question, hits)[1]}
+               _crag(runtime, term_coverage=True).evaluate(question, hits)[1]}
     plain = {h.source: s for h, s in _crag(runtime, term_coverage=False).evaluate(question, hits)[1]}
     editor, barrister = "westcott-editor.md", "westcott-barrister.md"
-    assert plain[barrister] == pytest.approx(
-        next(v for k, v in hits[[h.source for h in hits].index(barrister)].scores.items()
-             if k.startswith("dense")))
+    dense = {h.source: v for h in hits for k, v in h.scores.items() if k.startswith("dense")}
+    assert plain[barrister] == pytest.approx(dense[barrister])
     # Neither page says "occupation"; only the editor's has the "M.", so it loses less.
     assert weighed[editor] / plain[editor] > weighed[barrister] / plain[barrister]
     assert weighed[editor] > weighed[barrister]
