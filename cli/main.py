@@ -1042,7 +1042,8 @@ def eval_qa(
             info["crag_answerable_min"] = runtime.settings.crag.answerable_min
             generator = (runtime.generator, runtime.generator_name) if generate else None
         the_judge = _judge(stack, settings, judge, generator, model=judge_model, key=judge_api_key)
-        fingerprints = {c.name: _cache_key(c, url) for c in config_list}
+        fingerprints = {c.name: _cache_key(c, url, None if url else _answer_settings(
+            runtime, crag=c.crag)) for c in config_list}
         started = time.perf_counter()
         with _question_bars() as progress:
             results = run(data, answerers, progress=progress,
@@ -1082,11 +1083,38 @@ def _qa_configs(configs: str | None, matrix: Path | None, *, remote: bool) -> li
     return config_list
 
 
-def _cache_key(config: Any, url: str | None) -> str:
+def _cache_key(config: Any, url: str | None, settings: dict[str, Any] | None) -> str:
+    """The answer cache's key for ``config``: against a service, its URL; in process, the
+    settings that decide an answer, so that a rerun with other thresholds, models or prompts
+    into the same ``--out`` asks again instead of reusing answers they did not produce."""
     import hashlib as _hashlib
 
-    return config.fingerprint() if url is None else _hashlib.sha256(
-        f"{url}\n{config.fingerprint()}".encode()).hexdigest()[:10]
+    where = url if url is not None else json.dumps(settings, sort_keys=True)
+    return _hashlib.sha256(f"{where}\n{config.fingerprint()}".encode()).hexdigest()[:10]
+
+
+# Settings that decide an answer besides the configuration itself. Operational ones (paths,
+# ports, timeouts, threads, batch sizes, devices) are left out, so a run can resume after they
+# change; the CRAG section counts only for configurations that use CRAG.
+_ANSWER_SETTINGS: dict[str, set[str] | None] = {
+    "embedder": {"model", "precision"},
+    "chunking": {"chunk_tokens", "overlap_tokens"},
+    "llm": {"base_url", "model", "gguf_path", "context_tokens", "max_tokens", "tokenizer",
+            "temperature"},
+    "retrieval": None,
+    "faiss": {"hnsw_threshold", "hnsw_m", "ef_search", "float_shortlist"},
+    "rerank": {"kind", "model", "url", "top_n", "fusion", "weight", "max_length"},
+    "pii": None,
+    "crag": None,
+}
+
+
+def _answer_settings(runtime: Any, *, crag: bool) -> dict[str, Any]:
+    """What besides the configuration decides an answer: the settings above, the prompts' hashes
+    and the model the generator serves."""
+    sections = {name: getattr(runtime.settings, name).model_dump(mode="json", include=fields)
+                for name, fields in _ANSWER_SETTINGS.items() if crag or name != "crag"}
+    return {**sections, "prompts": runtime.prompts.hashes(), "generator": runtime.generator_name}
 
 
 @contextmanager
@@ -1243,8 +1271,7 @@ def _qa_provenance(runtime: Any, data: Any, configs: list[str]) -> dict[str, Any
         "prompt_hashes": runtime.prompts.hashes(),
         "configuration": {"retrieval": runtime.settings.retrieval.model_dump(),
                           "chunking": runtime.settings.chunking.model_dump(),
-                          "crag": runtime.settings.crag.model_dump(include={"upper", "lower",
-                                                                            "strip_min", "rewrite"})},
+                          "crag": runtime.settings.crag.model_dump(mode="json")},
         "git_commit": git_commit(), "machine": machine(),
         "command": " ".join(["verity", *(shlex.quote(a) for a in sys.argv[1:])]),
     }

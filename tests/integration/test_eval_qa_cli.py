@@ -80,3 +80,28 @@ def test_matrix_run_with_judge_resumes_and_compares(tmp_path: Path) -> None:
     assert "against baseline" in second.stdout and "crag accuracy: " in second.stdout
     again = json.loads((tmp_path / "run2" / "qa-tiny.json").read_text())
     assert again["outcomes"] == report["outcomes"]
+
+
+def test_answers_are_cached_under_the_settings_that_produced_them(tmp_path: Path) -> None:
+    """A rerun into the same folder reuses an answer only if nothing that decides it changed:
+    new CRAG thresholds ask CRAG again but not plain RAG, a new thread count asks nobody."""
+    dataset = tmp_path / "tiny.jsonl"
+    dataset.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    env = _env(tmp_path / "data")
+    args = [sys.executable, "-m", "cli", "eval", "qa", "--dataset", str(dataset), "--configs",
+            "rag,crag", "--no-generate", "--judge", "none", "--out", str(tmp_path / "run")]
+    cache = tmp_path / "run" / "cache-decisions"
+
+    def run(**changes: str) -> dict[str, int]:
+        done = subprocess.run(args, env={**env, **changes}, capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return {p.name: len(p.read_text().splitlines()) for p in cache.iterdir()}
+
+    first = run()
+    assert sorted(first.values()) == [2, 2], first  # one file per configuration, both questions
+    assert run(VERITY_LLM__THREADS="1") == first
+    moved = run(VERITY_CRAG__UPPER="0.99", VERITY_CRAG__LOWER="0.98")
+    new = set(moved) - set(first)
+    assert len(new) == 1 and next(iter(new)).startswith("tiny.crag."), moved
+    assert {name: moved[name] for name in first} == first
