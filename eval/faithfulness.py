@@ -14,17 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from core.errors import GenerationError
-from core.prompts import PromptLibrary
-from core.protocols import Generator
 from eval.metrics import faithfulness
+from eval.outcomes import Outcome
+from verity.core.errors import GenerationError
+from verity.core.prompts import PromptLibrary
+from verity.core.protocols import Generator
+from verity.core.sentences import split_sentences
 
-if TYPE_CHECKING:
-    from eval.qa import Outcome
-
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 _CITATION = re.compile(r"\[(\d+)\]")
 MAX_SOURCE_CHARS = 6000
 """Cited text beyond this is cut, so one judgment fits a small model's context."""
@@ -65,8 +63,8 @@ class LlmJudge:
 
 
 def sentences(text: str) -> list[str]:
-    """The answer's sentences (split after ``.!?`` and their CJK forms), blank ones dropped."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """The answer's sentences, split as the citation check splits them (CJK stops included)."""
+    return split_sentences(text, collapse=False)
 
 
 def statements(answer: str, sources: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:

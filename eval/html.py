@@ -153,10 +153,9 @@ def _bars_with_ci(values: Mapping[str, Mapping[str, float]], cis: Mapping[str, M
         ys = [_zero(values[config].get(m)) for m in metrics]
         lows, highs = [], []
         for m, y in zip(metrics, ys, strict=True):
-            ci = cis.get(config, {}).get(m)
-            ok = ci and not any(_nan(x) for x in ci)
-            lows.append(max(0.0, y - ci[0]) if ok else 0.0)
-            highs.append(max(0.0, ci[1] - y) if ok else 0.0)
+            low, high = _error_bar(y, cis.get(config, {}).get(m))
+            lows.append(low)
+            highs.append(high)
         xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, ys, width, yerr=[lows, highs], capsize=3, label=config)
     ax.set_xticks(range(len(metrics)), metrics, rotation=20)
@@ -176,6 +175,13 @@ def _latency_plot(latencies: Mapping[str, Sequence[float]], title: str) -> str:
     ax.set_ylabel("ms")
     ax.set_title(title)
     return _figure(fig, f"{title}: box = quartiles, whiskers = 1.5 IQR, dots = outliers")
+
+
+def _error_bar(y: float, ci: Sequence[float] | None) -> tuple[float, float]:
+    """How far a bar of height ``y`` reaches down and up to its 95% CI (none when it is unknown)."""
+    if not ci or any(_nan(x) for x in ci):
+        return 0.0, 0.0
+    return max(0.0, y - ci[0]), max(0.0, ci[1] - y)
 
 
 def _nan(x: Any) -> bool:

@@ -1,6 +1,6 @@
 """Answer quality of several pipeline configurations on one QA dataset, in one run.
 
-For every example and configuration the answerer returns a :class:`core.types.Answer`;
+For every example and configuration the answerer returns a :class:`verity.core.types.Answer`;
 the harness scores it (gold answer contained, exact match, token F1),
 records abstention, checks that every citation points at a source that was
 given to the model, and keeps latency and tokens. Results are cached per
@@ -14,15 +14,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.types import Answer
-from eval.compare import paired_rows
 from eval.faithfulness import Judge, judge_outcome
+from eval.html import write_html
 from eval.metrics import (
     abstention_precision,
     abstention_recall,
@@ -32,48 +31,13 @@ from eval.metrics import (
     exact_match,
     token_f1,
 )
+from eval.outcomes import Outcome, outcome_from_json, per_question
 from eval.qa_datasets import QADataset, QAExample
+from eval.references import published_references
+from eval.stats import mean_cis, paired_rows
+from verity.core.types import Answer
 
 Answerer = Callable[[str], Answer]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One example answered by one configuration, scored.
-
-    ``sources`` are the passages given to the model (``n``, ``document``,
-    ``text``), in order; ``context_relevant`` flags each as relevant to the
-    question (see :func:`score`); ``supported`` holds the judge's verdict on
-    each answer sentence and ``faithfulness`` their share (None when not judged).
-    """
-
-    id: str
-    config: str
-    answer: str
-    status: str
-    unanswerable: bool
-    contains: float
-    em: float
-    f1: float
-    abstained: bool
-    citations_valid: bool
-    n_citations: int
-    latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    action: str = ""
-    cited: tuple[str, ...] = ()
-    question: str = ""
-    gold: tuple[str, ...] = ()
-    sources: tuple[dict[str, Any], ...] = ()
-    context_relevant: tuple[bool, ...] = ()
-    timings: dict[str, float] = field(default_factory=dict)
-    faithfulness: float | None = None
-    supported: tuple[bool, ...] = ()
-    judge: str = ""
-    source_tokens: int = 0  # tokens of the sources packed into the prompt
-    abstain_reason: str = ""
-    invalid_markers_removed: int = 0
 
 
 def score(example: QAExample, config: str, answer: Answer, latency_ms: float) -> Outcome:
@@ -192,9 +156,6 @@ def run(
     return {c: [done[c][e.id] for e in dataset.examples] for c in answerers}
 
 
-_TUPLE_FIELDS = ("cited", "gold", "sources", "context_relevant", "supported")
-
-
 def _read_cache(path: Path) -> dict[str, Outcome]:
     if not path.is_file():
         return {}
@@ -204,16 +165,6 @@ def _read_cache(path: Path) -> dict[str, Outcome]:
             out_ = outcome_from_json(json.loads(line))
             out[out_.id] = out_
     return out
-
-
-def outcome_from_json(data: Mapping[str, Any]) -> Outcome:
-    """An :class:`Outcome` from its JSON form (a cache line or a report's ``outcomes``)."""
-    known = {f.name for f in fields(Outcome)}
-    values = {k: v for k, v in data.items() if k in known}
-    for name in _TUPLE_FIELDS:
-        if name in values:
-            values[name] = tuple(values[name])
-    return Outcome(**values)
 
 
 def _share(values: Sequence[float]) -> float:
@@ -272,30 +223,6 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, float]:
     return summary
 
 
-PER_QUESTION_METRICS = ("accuracy", "em", "f1", "abstained", "context_precision", "faithfulness",
-                        "latency_ms")
-
-
-def per_question(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:
-    """``{metric: {question id: value}}``, the values paired comparisons resample.
-
-    Answer metrics and context precision cover answerable questions,
-    faithfulness the judged answers, ``abstained`` (0/1) and latency all.
-    """
-    table: dict[str, dict[str, float]] = {m: {} for m in PER_QUESTION_METRICS}
-    for o in outcomes:
-        if not o.unanswerable:
-            table["accuracy"][o.id] = o.contains
-            table["em"][o.id] = o.em
-            table["f1"][o.id] = o.f1
-            table["context_precision"][o.id] = context_precision(o.context_relevant)
-        if o.faithfulness is not None:
-            table["faithfulness"][o.id] = o.faithfulness
-        table["abstained"][o.id] = float(o.abstained)
-        table["latency_ms"][o.id] = o.latency_ms
-    return {m: v for m, v in table.items() if v}
-
-
 def compare(results: Mapping[str, Sequence[Outcome]], *, baseline: str) -> list[dict[str, Any]]:
     """Paired bootstrap of each configuration against ``baseline``, per metric.
 
@@ -325,9 +252,6 @@ def report_data(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
                 provenance: Mapping[str, Any], *, configs: Mapping[str, Any] | None = None,
                 judge: str | None = None) -> dict[str, Any]:
     """Everything in the QA report as JSON-ready data, every outcome included."""
-    from eval.compare import mean_cis
-    from eval.report import published_references
-
     baseline = next(iter(results))
     return {
         "kind": "qa",
@@ -413,8 +337,6 @@ def write_reports(dataset: QADataset, results: Mapping[str, Sequence[Outcome]],
     Returns:
         The Markdown and JSON paths (the HTML page lies beside them).
     """
-    from eval.html import write_html
-
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / f"qa-{dataset.name}.md", out_dir / f"qa-{dataset.name}.json"
     report = report_data(dataset, results, provenance, configs=configs, judge=judge)

@@ -108,7 +108,8 @@ def load_qa(path: Path) -> QADataset:
 
 def load_popqa_crag(path: Path) -> QADataset:
     file = path / "popqa_longtail_w_gs_first100.jsonl"
-    examples, corpus = [], {}
+    examples: list[QAExample] = []
+    corpus: dict[str, Passage] = {}
     for i, record in enumerate(_jsonl(file)):
         examples.append(QAExample(id=str(i), question=record["question"],
                                   answers=tuple(record["answers"])))
@@ -126,7 +127,8 @@ def load_squad_v2(path: Path) -> QADataset:
         truth = json.loads((path / "ground_truth.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError) as e:
         raise DatasetError(f"{path}: cannot read SQuAD v2 files: {e}") from e
-    examples, corpus = [], {}
+    examples: list[QAExample] = []
+    corpus: dict[str, Passage] = {}
     for q in queries:
         gold = truth[q["id"]]
         answers = tuple(a for a in gold["answers"] if a)
@@ -149,7 +151,8 @@ def load_rgb(file: Path) -> QADataset:
     are flattened. Passage ids are content hashes, so a passage shared by two
     questions is ingested once.
     """
-    examples, corpus = [], {}
+    examples: list[QAExample] = []
+    corpus: dict[str, Passage] = {}
     for n, record in _json_lines(file):
         missing = [k for k in ("id", "query", "answer", "positive", "negative") if k not in record]
         if missing:
@@ -179,7 +182,8 @@ def _passage(text: str) -> Passage:
 
 
 def load_jsonl(file: Path) -> QADataset:
-    examples, corpus = [], {}
+    examples: list[QAExample] = []
+    corpus: dict[str, Passage] = {}
     for i, record in enumerate(_jsonl(file)):
         examples.append(QAExample(id=str(record.get("id", i)), question=record["question"],
                                   answers=tuple(record.get("answers", [])),

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
-from core.errors import RagError
-from core.types import Answer, Citation
 from eval.metrics import evaluate, means, rank
 from eval.retrieval import ModeResult, RetrievalResult
+from verity.core.errors import RagError
+from verity.core.types import Answer, Citation
 
 SERVICE_MODES = ("dense", "bm25", "hybrid")
 MAX_TOP_K = 50
@@ -74,7 +74,7 @@ class ServiceClient:
 
     def query(self, question: str, *, collection: str, crag: bool | None = None,
               top_k: int | None = None, mode: str | None = None) -> Answer:
-        """``POST /v1/query`` as a :class:`core.types.Answer`."""
+        """``POST /v1/query`` as a :class:`verity.core.types.Answer`."""
         data = self._post("/v1/query", {"question": question, "collection": collection,
                                         "crag": crag, "top_k": top_k, "mode": mode})
         return answer_from_json(data)

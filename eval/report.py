@@ -17,50 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from eval.datasets import BeirDataset
-from eval.metrics import paired_bootstrap
+from eval.html import write_html
+from eval.metrics import evaluate, mean, paired_bootstrap
+from eval.references import PUBLISHED, published_references
 from eval.retrieval import ModeResult, RetrievalResult, percentile
+from eval.stats import mean_cis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True, slots=True)
-class PublishedReference:
-    """A number from the literature, shown for orientation; not measured by us."""
-
-    system: str
-    metric: str
-    value: float
-    source: str
-
-
-_BEIR = "Thakur et al. 2021, BEIR, Tables 2 and 9"
-_CRAG = ("Yan et al. 2024, Corrective RAG, section 1 (contributions): CRAG minus RAG in accuracy "
-         "on PopQA's 1,399 long-tail questions, a 7B generator")
-PUBLISHED: dict[str, tuple[PublishedReference, ...]] = {
-    "scifact": (
-        PublishedReference(system="BM25 (BEIR)", metric="ndcg@10", value=0.665, source=_BEIR),
-        PublishedReference(system="BM25 (BEIR)", metric="recall@100", value=0.908, source=_BEIR),
-        PublishedReference(system="DPR (BEIR)", metric="ndcg@10", value=0.318, source=_BEIR),
-        PublishedReference(system="ANCE (BEIR)", metric="ndcg@10", value=0.507, source=_BEIR),
-        PublishedReference(system="TAS-B (BEIR)", metric="ndcg@10", value=0.643, source=_BEIR),
-        PublishedReference(system="ColBERT (BEIR)", metric="ndcg@10", value=0.671, source=_BEIR),
-        PublishedReference(system="BM25+CE (BEIR)", metric="ndcg@10", value=0.688, source=_BEIR),
-    ),
-    # The paper states the gains over plain RAG in its text; its absolute accuracies are not
-    # restated here. Compare them with this run's crag minus rag.
-    "popqa_crag": (
-        PublishedReference(system="CRAG minus RAG, LLaMA2-hf-7b", metric="accuracy gain",
-                           value=0.021, source=_CRAG),
-        PublishedReference(system="CRAG minus RAG, SelfRAG-LLaMA2-7b", metric="accuracy gain",
-                           value=0.190, source=_CRAG),
-    ),
-}
-"""Published references by dataset folder name (QA: by adapter name)."""
-
-
-def published_references(dataset: str) -> list[dict[str, Any]]:
-    """The dataset's published numbers as JSON rows, each marked ``"measured": false``."""
-    return [{**asdict(ref), "measured": False} for ref in PUBLISHED.get(dataset, ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +75,7 @@ def provenance(dataset: BeirDataset, *, command: str | None = None,
 
 def prompt_hashes() -> dict[str, str]:
     """``{prompt name: sha256}`` of the prompt templates in this checkout."""
-    from core.prompts import PromptLibrary
+    from verity.core.prompts import PromptLibrary
 
     return PromptLibrary.load().hashes()
 
@@ -169,9 +132,6 @@ DRILLDOWN_HITS = 10
 
 
 def _add_ranking_metrics(mode: ModeResult, data: dict[str, Any], dataset: BeirDataset) -> None:
-    from eval.compare import mean_cis
-    from eval.metrics import evaluate, mean
-
     if mode.rankings:
         run = {q: {doc: -i for i, doc in enumerate(docs)} for q, docs in mode.rankings.items()}
         if "map" not in mode.per_query:
@@ -303,8 +263,6 @@ def write_reports(result: RetrievalResult, info: Provenance, out_dir: Path,
     Returns:
         The Markdown and JSON paths (the HTML page lies beside them).
     """
-    from eval.html import write_html
-
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, data = out_dir / "retrieval.md", out_dir / "retrieval.json"
     report = report_data(result, info, dataset)

@@ -10,7 +10,7 @@ is searched and timed. The modes:
 * ``dense-binary``: Hamming distance over the bit codes alone (the HNSW index), no rescoring.
 * ``dense-binary-rescore``: ``depth x oversample`` binary candidates rescored with
   their float vectors.
-* ``hybrid``: BM25 and dense search fused, exactly as :class:`core.rag.RagPipeline`
+* ``hybrid``: BM25 and dense search fused, exactly as :class:`verity.answering.pipeline.RagPipeline`
   retrieves (same settings: fusion, ``rrf_k``, candidates per retriever, dense mode).
 * ``hybrid+rerank``: ``hybrid`` with the reranker re-scoring its first ``top_n``
   candidates; the rest keep the first-stage order behind them.
@@ -31,20 +31,19 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from core.lexical import BM25_B, BM25_K1
-from core.protocols import Reranker
-from core.rag import RagPipeline
-from core.settings import RetrievalSettings
-from core.types import ScoredChunk, SearchFilter
 from eval.metrics import evaluate, means, rank
+from verity.answering.pipeline import RagPipeline
+from verity.core.protocols import Reranker, Store
+from verity.core.settings import RetrievalSettings
+from verity.core.types import DenseMode, ScoredChunk
 
 RetrievalMode = Literal["bm25", "dense-float32", "dense-int8", "dense-binary",
                         "dense-binary-rescore", "hybrid", "hybrid+rerank"]
 MODES: tuple[str, ...] = ("bm25", "dense-float32", "dense-int8", "dense-binary",
                           "dense-binary-rescore", "hybrid", "hybrid+rerank")
-STORE_MODES: dict[str, str] = {"dense-float32": "float", "dense-binary": "binary",
-                               "dense-binary-rescore": "binary-rescore"}
-"""Harness mode name -> ``mode`` argument of ``PgvectorStore.search_dense``."""
+STORE_MODES: dict[str, DenseMode] = {"dense-float32": "float", "dense-binary": "binary",
+                                     "dense-binary-rescore": "binary-rescore"}
+"""Harness mode name -> ``mode`` argument of ``Store.search_dense``."""
 DEFAULT_MODES = ("dense-float32", "dense-binary-rescore")
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -52,20 +51,6 @@ RANKING_DEPTH = 100
 """Documents per query kept in :attr:`ModeResult.rankings`."""
 HNSW_EF_SEARCH_MAX = 1000
 """pgvector refuses ``hnsw.ef_search`` above this, and the store sets it to depth x oversample."""
-
-
-class SearchStore(Protocol):
-    """The parts of ``PgvectorStore`` the harness uses."""
-
-    def search_dense(
-        self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
-        oversample: int = 10, where: SearchFilter | None = None,
-    ) -> list[ScoredChunk]: ...
-
-    def search_lexical(
-        self, *, collection: str, query: str, top_k: int, k1: float = BM25_K1, b: float = BM25_B,
-        where: SearchFilter | None = None,
-    ) -> list[ScoredChunk]: ...
 
 
 class Int8Searcher(Protocol):
@@ -186,7 +171,7 @@ def check_setup(modes: Sequence[str], *, depth: int, oversample: int) -> None:
 
 
 def evaluate_retrieval(
-    *, store: SearchStore, embedder: QueryEmbedder, queries: Mapping[str, str],
+    *, store: Store, embedder: QueryEmbedder, queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]], collection: str, modes: Sequence[str],
     depth: int = 250, oversample: int = 4, metrics: Sequence[str] = METRICS,
     retrieval: RetrievalSettings | None = None, rerank: RerankSetup | None = None,
@@ -262,7 +247,7 @@ Search = Callable[[str, str], list[ScoredChunk]]
 
 
 def _searcher(
-    mode: str, *, store: SearchStore, embedder: QueryEmbedder, texts: Mapping[str, str],
+    mode: str, *, store: Store, embedder: QueryEmbedder, texts: Mapping[str, str],
     vectors: Mapping[str, np.ndarray], collection: str, depth: int, oversample: int, cfg: RetrievalSettings,
     rerank: RerankSetup | None, int8: Int8Searcher | None,
 ) -> Search:
@@ -353,14 +338,8 @@ def best_chunk_per_document(hits: Sequence[ScoredChunk]) -> dict[str, float]:
     return scores
 
 
-class IndexSizes(Protocol):
-    """``PgvectorStore.index_bytes``."""
-
-    def index_bytes(self, collection: str) -> dict[str, int]: ...
-
-
 def mode_index_bytes(
-    modes: Sequence[str], *, store: IndexSizes, collection: str, dense_mode: str = "float",
+    modes: Sequence[str], *, store: Store, collection: str, dense_mode: str = "float",
     int8_bytes: Mapping[str, int] | None = None, reranker_bytes: int = 0,
 ) -> dict[str, dict[str, int]]:
     """What each mode searches, in bytes by part, from the store's sizes.
@@ -394,14 +373,7 @@ class FaissIndexLike(Protocol):
                rescore: Literal["int8", "float"] = "int8") -> list[Any]: ...
 
 
-class HitFetcher(Protocol):
-    """``PgvectorStore.fetch_hits``."""
-
-    def fetch_hits(self, *, collection: str, scores: Sequence[tuple[str, float]],
-                   stage: str) -> list[ScoredChunk]: ...
-
-
-def faiss_int8_searcher(accelerator: FaissIndexLike, store: HitFetcher, *,
+def faiss_int8_searcher(accelerator: FaissIndexLike, store: Store, *,
                         collection: str) -> Int8Searcher:
     """``dense-int8`` over the FAISS accelerator: binary candidates, int8 rescoring, then the
     chunks' rows (source, text) read from the store; both steps are timed."""

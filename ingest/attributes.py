@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import LoaderError
-from core.types import Document
+from verity.core.errors import LoaderError
+from verity.core.types import Document
 
 SIDECAR_SUFFIX = ".meta.json"
 _SIDECAR_KEYS = ("metadata", "groups")

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import LoaderError
-from core.types import Document, Section
 from ingest.loaders import json_lines
+from verity.core.errors import LoaderError
+from verity.core.types import Document, Section
 
 CORPUS_FILE = "corpus.jsonl"
 

@@ -1,4 +1,4 @@
-"""Files to :class:`core.types.Document`: one loader per format, chosen by suffix.
+"""Files to :class:`verity.core.types.Document`: one loader per format, chosen by suffix.
 
 Each loader returns sections (text + heading path + page) so chunks can carry
 where they came from. A file that cannot be read raises ``LoaderError`` with a
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import LoaderError
-from core.types import Document, Section
 from ingest.attributes import DocumentAttributes, read_sidecar
+from verity.core.errors import LoaderError
+from verity.core.types import Document, Section
 
 Loader = Callable[[bytes, str], tuple[str, list[Section]]]
 
@@ -73,7 +73,8 @@ def load_pdf(data: bytes, name: str) -> tuple[str, list[Section]]:
     try:
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]
-        title = str((reader.metadata or {}).get("/Title") or "")
+        metadata = reader.metadata
+        title = str(metadata.get("/Title") or "") if metadata is not None else ""
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
         raise LoaderError(f"unreadable PDF ({type(e).__name__})") from e
     sections = [Section(text=t, page=i) for i, t in enumerate(pages, start=1) if t.strip()]
@@ -88,6 +89,30 @@ def load_pdf(data: bytes, name: str) -> tuple[str, list[Section]]:
 _OFFICE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError,
                   AttributeError, IndexError, SyntaxError, OSError)
 _HEADING_STYLE = re.compile(r"^Heading (\d)$")
+# What an Office file (a zip) may unpack to: real documents of the upload limit's size unpack
+# to a few times that; a zip bomb of a few hundred kB unpacks to gigabytes.
+MAX_UNPACKED_BYTES = 256_000_000
+
+
+def check_unpacked_size(data: bytes, *, limit: int = MAX_UNPACKED_BYTES) -> None:
+    """Refuse a zip whose members unpack to more than ``limit`` bytes, before reading any.
+
+    The sizes come from the zip's directory; a member that unpacks to more than its
+    declared size fails when it is read (``zipfile`` stops at the declared size).
+
+    A file that is not a zip passes: its loader reports it as unreadable.
+
+    Raises:
+        LoaderError: over the limit.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    if unpacked > limit:
+        raise LoaderError(f"unpacks to {unpacked / 1e6:.0f} MB, over the {limit / 1e6:.0f} MB "
+                          "limit for Office files (a zip bomb?)")
 
 
 def load_docx(data: bytes, name: str) -> tuple[str, list[Section]]:
@@ -98,6 +123,7 @@ def load_docx(data: bytes, name: str) -> tuple[str, list[Section]]:
     """
     import docx
 
+    check_unpacked_size(data)
     try:
         document = docx.Document(io.BytesIO(data))
         title, sections = _docx_sections(document)
@@ -176,6 +202,7 @@ def load_pptx(data: bytes, name: str) -> tuple[str, list[Section]]:
     """
     import pptx
 
+    check_unpacked_size(data)
     try:
         deck = pptx.Presentation(io.BytesIO(data))
         sections = [_slide_section(slide, number) for number, slide in enumerate(deck.slides, 1)]

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,14 +23,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import LoaderError, RagError
-from core.settings import ChunkingSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Chunk, Document, document_id
 from ingest.attributes import DocumentAttributes, apply_attributes, is_sidecar
 from ingest.loaders import LOADERS, load_file
 from ingest.splitter import TokenSplitter, embedding_text
+from verity.backends.embedders import LocalEmbedder
+from verity.core.errors import LoaderError, RagError
+from verity.core.protocols import DocumentWrite, Store
+from verity.core.settings import ChunkingSettings
+from verity.core.types import Chunk, Document, document_id
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class IngestPipeline:
     """
 
     def __init__(
-        self, *, store: PgvectorStore, embedder: SentenceTransformerEmbedder,
+        self, *, store: Store, embedder: LocalEmbedder,
         chunking: ChunkingSettings,
     ) -> None:
         self.store = store
@@ -131,7 +131,11 @@ class IngestPipeline:
     def fingerprint(self) -> str:
         """Settings that change the stored chunks; part of every content hash."""
         c = self.chunking
-        return f"{self.embedder.name}|{c.chunk_tokens}|{c.overlap_tokens}|v2"
+        # Torch's vectors predate the backend setting: their fingerprint is kept as it was, so
+        # existing collections are not re-embedded; a change of backend re-embeds every document.
+        settings = self.embedder.settings
+        vectors = "" if settings.backend == "torch" else f"|{settings.backend}-{self.embedder.precision}"
+        return f"{self.embedder.name}{vectors}|{c.chunk_tokens}|{c.overlap_tokens}|v2"
 
     @property
     def splitter(self) -> TokenSplitter:
@@ -167,7 +171,7 @@ class IngestPipeline:
     def ingest_documents(
         self, documents: Iterable[Document], *, collection: str,
         report: IngestReport | None = None, attributes: DocumentAttributes | None = None,
-        progress: Progress | None = None,
+        progress: Progress | None = None, before_write: Callable[[], None] | None = None,
     ) -> IngestReport:
         """Split, embed and write already-loaded documents (files, BEIR records, API uploads).
 
@@ -176,11 +180,14 @@ class IngestPipeline:
         change of metadata or groups rewrites the document. Chunks of several
         documents are embedded together in batches of about ``batch_chunks``
         (the embedder sorts each batch by length, so little is padded), then
-        each document is written in its own transaction.
+        written together (``Store.write_documents``: each document atomic, one
+        that fails does not keep the others out).
 
         Three stages overlap: a thread reads, hashes and splits documents, the
         calling thread embeds, and another thread writes (binary COPY). The
-        queues between them are short, so memory stays bounded.
+        queues between them are short, so memory stays bounded. ``before_write``
+        is called before each batch is written; what it raises stops the
+        ingestion there (a cancelled job writes no further batch).
 
         Raises:
             LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
@@ -190,27 +197,32 @@ class IngestPipeline:
         started = time.perf_counter()
         report = report or IngestReport(collection=collection)
         self.store.ensure_collection(collection, embed_model=self.embedder.name,
-                                     embed_dim=self.embedder.dim)
+                                     embed_dim=self.embedder.dim,
+                                     embed_backend=self.embedder.settings.backend,
+                                     embed_precision=self.embedder.precision)
         prepared = (self._prepare(apply_attributes(d, attributes or DocumentAttributes()),
                                   collection=collection, report=report, progress=progress)
                     for d in documents)
         self.write_batches(self._embed_batches(prepared), collection=collection, report=report,
-                           progress=progress)
+                           progress=progress, before_write=before_write)
         report.seconds += time.perf_counter() - started
         return report
 
     def write_batches(
         self, batches: Iterable[EmbeddedBatch], *, collection: str, report: IngestReport,
-        progress: Progress | None = None,
+        progress: Progress | None = None, before_write: Callable[[], None] | None = None,
     ) -> None:
-        """Write embedded batches, one transaction per document, in a thread beside ``batches``.
+        """Write embedded batches, a batch at a time, in a thread beside ``batches``.
 
         The Ray engine feeds this with the batches its workers embedded, so both
-        engines write through the same code.
+        engines write through the same code. The writes are one ``Store.bulk_load``:
+        into an empty collection, its vector index is built once at the end.
         """
         handoff: queue.Queue[EmbeddedBatch | None] = queue.Queue(maxsize=2)
-        with ThreadPoolExecutor(1, thread_name_prefix="verity-ingest-write") as pool:
-            writing = pool.submit(self._write_from, handoff, collection, report, progress)
+        with (self.store.bulk_load(collection),
+              ThreadPoolExecutor(1, thread_name_prefix="verity-ingest-write") as pool):
+            writing = pool.submit(self._write_from, handoff, collection, report, progress,
+                                  before_write)
             try:
                 for batch in batches:
                     if not _put(handoff, batch, stopped=writing.done):
@@ -267,14 +279,19 @@ class IngestPipeline:
                 log.warning("skipped %s: %s", file.source, e)
 
     def _write_from(self, handoff: queue.Queue[EmbeddedBatch | None], collection: str,
-                    report: IngestReport, progress: Progress | None) -> None:
+                    report: IngestReport, progress: Progress | None,
+                    before_write: Callable[[], None] | None = None) -> None:
         while (batch := handoff.get()) is not None:
-            for p, vectors in batch:
-                try:
-                    self.store.write_document(collection=collection, document=p.document,
-                                              chunks=p.chunks, embeddings=vectors)
-                except RagError as e:
-                    report.failed.append((p.document.source, str(e)))
+            if before_write is not None:
+                before_write()
+            writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
+            try:
+                results = self.store.write_documents(collection=collection, documents=writes)
+            except RagError as e:
+                results = [e] * len(writes)
+            for (p, _), result in zip(batch, results, strict=True):
+                if isinstance(result, RagError):
+                    report.failed.append((p.document.source, str(result)))
                     continue
                 (report.added if p.new else report.updated).append(p.document.source)
                 report.chunks_written += len(p.chunks)
@@ -320,7 +337,7 @@ def _batches(prepared: Iterable[SplitDocument | None], size: int) -> Iterator[li
         yield batch
 
 
-def _read_ahead(items: Iterable[T], *, depth: int = 2) -> Iterator[T]:
+def _read_ahead(items: Iterable[T], *, depth: int = 2) -> Generator[T, None, None]:
     """``items``, produced by a background thread up to ``depth`` ahead of the consumer.
 
     An exception raised while producing is raised here after the items before

@@ -1,8 +1,13 @@
-"""Ingestion progress as plain log lines, for when stderr is not a terminal (CI, files, pipes).
+"""Ingestion progress: documents and chunks, shown by :class:`verity.core.progress.ProgressReporter`.
 
-A terminal gets a progress bar instead (the CLI uses tqdm there). Both take the
-pipeline's ``progress(source, chunks_written)`` calls, which may come from more
-than one thread.
+Off a terminal (CI, files, pipes) a plain line every few seconds and one at the end,
+``ingest: DONE/TOTAL documents, docs/s, chunks/s, ETA``; on a terminal a bar. Both
+take the pipeline's ``progress(source, chunks_written)`` calls, which may come from
+more than one thread.
+
+Example:
+    >>> with ingest_progress(total=5183, every_s=5) as reporter:
+    ...     pipeline.ingest_documents(docs, collection="c", progress=document_done(reporter))
 """
 
 from __future__ import annotations
@@ -12,66 +17,43 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from verity.core.progress import DEFAULT_EVERY_S, ProgressReporter, ProgressState
 
-class ProgressLog:
-    """Writes ``ingest: DONE/TOTAL documents, docs/s, chunks/s, ETA`` every ``every_s`` seconds.
 
-    A last line is written by :meth:`close`, so even a short run logs one.
+def ingest_line(state: ProgressState) -> str:
+    """``3/10 documents, 0.5 docs/s, 1.0 chunks/s, ETA 14s`` (no ETA without a total)."""
+    chunks = state.values.get("chunks", 0)
+    done = f"{state.done:,}/{state.total:,}" if state.total else f"{state.done:,}"
+    text = (f"{done} documents, {state.per_second(state.done):.1f} docs/s, "
+            f"{state.per_second(chunks):.1f} chunks/s")
+    return f"{text}, {state.eta()}" if state.total else text
 
-    Example:
-        >>> log = ProgressLog(total=5183, stream=sys.stderr, every_s=5)
-        >>> pipeline.ingest_documents(docs, collection="c", progress=log.update)
-        >>> log.close()
+
+def chunk_rate(state: ProgressState) -> str:
+    """What a terminal's bar shows beside the documents: ``1,200 chunks, 6.8 chunks/s``."""
+    chunks = state.values.get("chunks", 0)
+    return f"{chunks:,.0f} chunks, {state.per_second(chunks):.1f} chunks/s"
+
+
+def ingest_progress(*, total: int | None, every_s: float = DEFAULT_EVERY_S,
+                    stream: TextIO | None = None, tty: bool | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> ProgressReporter:
+    """The reporter of one ingestion of ``total`` documents (None if unknown)."""
+    return ProgressReporter("ingest", unit="doc", total=total, every_s=every_s, line=ingest_line,
+                            postfix=chunk_rate, stream=stream, tty=tty, clock=clock)
+
+
+def document_done(reporter: ProgressReporter) -> Callable[[str, int], None]:
+    """The pipeline's ``progress(source, chunks_written)`` callback, reporting to ``reporter``.
+
+    Threads may report out of order; the chunk count shown never goes back.
     """
+    lock = threading.Lock()
+    most = [0]
 
-    def __init__(self, *, total: int | None, stream: TextIO, every_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.total = total
-        self.every_s = every_s
-        self._stream = stream
-        self._clock = clock
-        self._started = clock()
-        self._last = self._started
-        self._docs = 0
-        self._chunks = 0
-        self._lock = threading.Lock()
+    def progress(source: str, chunks_written: int) -> None:
+        with lock:
+            most[0] = max(most[0], chunks_written)
+            reporter.advance(chunks=most[0])
 
-    def update(self, source: str, chunks_written: int) -> None:
-        """One more document done (written, unchanged or skipped); ``chunks_written`` so far."""
-        with self._lock:
-            self._docs += 1
-            self._chunks = max(self._chunks, chunks_written)
-            now = self._clock()
-            if now - self._last >= self.every_s:
-                self._last = now
-                self._write(now)
-
-    def close(self) -> None:
-        with self._lock:
-            self._write(self._clock())
-
-    def line(self, now: float) -> str:
-        """The log line for the counts so far, at time ``now``."""
-        elapsed = max(now - self._started, 1e-9)
-        docs_s, chunks_s = self._docs / elapsed, self._chunks / elapsed
-        done = f"{self._docs:,}/{self.total:,}" if self.total else f"{self._docs:,}"
-        text = f"ingest: {done} documents, {docs_s:.1f} docs/s, {chunks_s:.1f} chunks/s"
-        if self.total:
-            left = max(self.total - self._docs, 0)
-            eta = left / docs_s if docs_s > 0 else None
-            text += f", ETA {format_seconds(eta)}" if eta is not None else ", ETA unknown"
-        return text
-
-    def _write(self, now: float) -> None:
-        self._stream.write(self.line(now) + "\n")
-        self._stream.flush()
-
-
-def format_seconds(seconds: float) -> str:
-    """``42s``, ``3m07s`` or ``2h05m``."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return progress

@@ -25,15 +25,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import ConfigError, LoaderError
-from core.settings import ChunkingSettings, EmbedderSettings
-from core.types import Document, document_id
 from ingest.attributes import DocumentAttributes, apply_attributes
 from ingest.beir import beir_document
 from ingest.loaders import load_file
 from ingest.pipeline import EmbeddedBatch, IngestPipeline, IngestReport, Progress, SplitDocument, discover
 from ingest.splitter import TokenSplitter, embedding_text
+from verity.backends.embedders import build_embedder
+from verity.backends.onnx_embedder import OnnxEmbedder
+from verity.core.errors import ConfigError, LoaderError
+from verity.core.settings import ChunkingSettings, EmbedderSettings, default_data_dir
+from verity.core.types import Document, document_id
 
 Kind = Literal["files", "beir"]
 
@@ -125,12 +126,17 @@ def _run(
     ray, started_here = _start_ray(options)
     try:
         store, embedder = pipeline.store, pipeline.embedder
-        store.ensure_collection(collection, embed_model=embedder.name, embed_dim=embedder.dim)
+        store.ensure_collection(collection, embed_model=embedder.name, embed_dim=embedder.dim,
+                                embed_backend=embedder.settings.backend,
+                                embed_precision=embedder.precision)
+        # Actors on this machine reuse the ONNX export the line above made.
+        data_dir = embedder.data_dir if isinstance(embedder, OnnxEmbedder) else default_data_dir()
         if items:
             dataset = ray.data.from_items(items).map_batches(
                 LoadSplitEmbed, batch_size=options.batch_documents, concurrency=options.workers,
                 fn_constructor_kwargs={
-                    "kind": kind, "embedder": embedder.settings, "chunking": pipeline.chunking,
+                    "kind": kind, "embedder": embedder.settings, "data_dir": data_dir,
+                    "chunking": pipeline.chunking,
                     "fingerprint": pipeline.fingerprint,
                     "collection_key": f"{store.tenant}/{collection}",
                     "stored": ray.put(store.document_hashes(collection=collection)),
@@ -199,7 +205,8 @@ class LoadSplitEmbed:
     (``reason`` says why).
     """
 
-    def __init__(self, *, kind: Kind, embedder: EmbedderSettings, chunking: ChunkingSettings,
+    def __init__(self, *, kind: Kind, embedder: EmbedderSettings, data_dir: Path,
+                 chunking: ChunkingSettings,
                  fingerprint: str, collection_key: str, stored: Any,
                  attributes: DocumentAttributes) -> None:
         import ray
@@ -210,7 +217,7 @@ class LoadSplitEmbed:
         self.collection_key = collection_key
         self.stored: dict[str, str] = ray.get(stored) if isinstance(stored, ray.ObjectRef) else stored
         self.attributes = attributes
-        self.embedder = SentenceTransformerEmbedder(embedder)
+        self.embedder = build_embedder(embedder, data_dir=data_dir)
         self.splitter = TokenSplitter(self.embedder.tokenizer, chunk_tokens=chunking.chunk_tokens,
                                       overlap_tokens=chunking.overlap_tokens)
 

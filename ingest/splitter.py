@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.types import Chunk, Document, chunk_id
+from verity.core.types import Chunk, Document, chunk_id
 
 
 class TokenSplitter:

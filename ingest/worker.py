@@ -22,15 +22,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import LoaderError, RagError
-from core.jobs import JobQueue
-from core.settings import ChunkingSettings, WorkerSettings
-from core.stores.database import Database
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, FileFailure, Job, JobProgress, UploadedFile
 from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline, IngestReport
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.stores.database import Database
+from verity.backends.stores.factory import build_store
+from verity.backends.stores.jobs import JobQueue
+from verity.core.errors import LoaderError, RagError
+from verity.core.settings import ChunkingSettings, WorkerSettings
+from verity.core.types import Document, FileFailure, Job, JobProgress, UploadedFile
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ INTERNAL_ERROR = "internal error while ingesting; the worker's log has the detai
 
 class WorkerStopping(Exception):
     """Raised inside a job when the worker was asked to stop; the job goes back to the queue."""
+
+
+class JobLost(Exception):
+    """Raised inside a job whose progress report no longer matched: cancelled, or given to another worker."""
 
 
 class IngestWorker:
@@ -53,7 +57,7 @@ class IngestWorker:
         ...     serve()
     """
 
-    def __init__(self, *, db: Database, embedder: SentenceTransformerEmbedder,
+    def __init__(self, *, db: Database, embedder: LocalEmbedder,
                  chunking: ChunkingSettings, settings: WorkerSettings,
                  name: str | None = None) -> None:
         self.queue = JobQueue(db)
@@ -82,6 +86,9 @@ class IngestWorker:
             self.queue.release(job)
             log.info("job %s: back in the queue, the worker is stopping", job.id)
             return None
+        except JobLost:
+            log.info("job %s: cancelled or given to another worker; stopped", job.id)
+            return self.queue.get(job.id, tenant=job.tenant)
         except RagError as e:
             return self._end(job, IngestReport(collection=job.collection), error=str(e))
         except Exception:
@@ -133,18 +140,20 @@ class IngestWorker:
                 self._stop.clear()  # the worker may be run again
 
     def _execute(self, job: Job) -> IngestReport:
-        pipeline = IngestPipeline(store=PgvectorStore(self.db, tenant=job.tenant),
+        pipeline = IngestPipeline(store=build_store(self.db, tenant=job.tenant),
                                   embedder=self.embedder, chunking=self.chunking)
         report = IngestReport(collection=job.collection)
 
         def progress(source: str, chunks: int) -> None:
-            self.queue.report(job, _progress(report))
+            if not self.queue.report(job, _progress(report)):
+                raise JobLost(job.id)
 
         files = self.queue.files(job)
         with tempfile.TemporaryDirectory(prefix="verity-job-") as tmp:
             documents = self._load(job, files, Path(tmp), report, pipeline.fingerprint)
             pipeline.ingest_documents(documents, collection=job.collection, report=report,
-                                      progress=progress)
+                                      progress=progress,
+                                      before_write=lambda: progress("", report.chunks_written))
         return report
 
     def _load(self, job: Job, files: Sequence[UploadedFile], tmp: Path, report: IngestReport,

@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import ExitStack, asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from core.jobs import JobQueue
-from core.runtime import Runtime, open_runtime
-from core.settings import Settings
 from service.errors import install_error_handlers
-from service.limits import BodySizeLimit, RateLimiter
+from service.limits import BodySizeLimit, ModelQueue, RateLimiter
 from service.metrics import Metrics
-from service.routes import collections, documents, metrics, openai_compat, query
+from service.routes import (
+    collections,
+    documents,
+    feedback,
+    keys,
+    metrics,
+    openai_compat,
+    query,
+    web,
+)
 from service.telemetry import RequestTelemetry, instrument_otel
+from verity.answering.runtime import Runtime, open_runtime
+from verity.backends.stores.jobs import JobQueue
+from verity.backends.stores.tantivy_index import Lag
+from verity.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def size_thread_pool(settings: Settings) -> None:
+    """Give blocking requests ``server.threads`` threads, and say if the store pool is smaller.
+
+    A request thread beyond the pool's size waits for a connection and, past
+    ``store.pool_timeout_s``, answers 503 ``store_unavailable``.
+    """
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
+    if settings.store.pool_max_size < settings.server.threads:
+        log.warning("store.pool_max_size (%d) is below server.threads (%d): under load requests "
+                    "wait for a database connection; raise VERITY_STORE__POOL_MAX_SIZE",
+                    settings.store.pool_max_size, settings.server.threads)
+
+
+def model_queue(settings: Settings) -> ModelQueue:
+    """The queue in front of the generator: llama.cpp answers one question at a time."""
+    slots = settings.llm.concurrency or (16 if settings.llm.base_url else 1)
+    return ModelQueue(slots=slots, depth=settings.llm.queue_depth, wait_s=settings.llm.timeout_s)
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -33,6 +66,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        size_thread_pool(settings)
         with ExitStack() as stack:
             if runtime is None:
                 opened = await run_in_threadpool(stack.enter_context, open_runtime(settings))
@@ -55,16 +89,22 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     def job_counts() -> Mapping[str, int]:
         return JobQueue(app.state.runtime.db).counts()
 
-    app.state.metrics = Metrics(job_counts=job_counts)
+    def lexical_lag() -> Mapping[str, Lag | None]:
+        lexical = app.state.runtime.lexical
+        return {} if lexical is None else lexical.lag()
+
+    app.state.metrics = Metrics(job_counts=job_counts, lexical_lag=lexical_lag)
     app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
-    for router in (query.router, openai_compat.router, documents.router, collections.router):
+    app.state.model_queue = model_queue(settings)
+    for router in (query.router, openai_compat.router, documents.router, collections.router,
+                   feedback.router, keys.router, web.router):
         app.include_router(router)
     if settings.server.metrics:
         app.include_router(metrics.router)
-    app.add_middleware(BodySizeLimit, max_bytes=int(settings.server.max_body_mb * 1e6),  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimit, max_bytes=int(settings.server.max_body_mb * 1e6),
                        upload_bytes=int(settings.server.max_upload_mb * 1e6))
     # Added last, so outermost: it also sees requests the size limit refuses.
-    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)  # type: ignore[arg-type]
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     if settings.server.otel:
         instrument_otel(app)
     return app

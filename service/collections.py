@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from core.auth import Principal
-from core.errors import ConfigError
-from core.runtime import Runtime
-from core.types import CollectionStats, SearchFilter
 from service.protocol import CollectionList, CollectionModel, CreateCollectionRequest
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import Principal
+from verity.core.errors import ConfigError
+from verity.core.types import CollectionStats, SearchFilter
 
 
 def list_collections(runtime: Runtime, principal: Principal) -> CollectionList:
@@ -28,8 +28,9 @@ def create_collection(runtime: Runtime, principal: Principal,
     if asked != model:
         raise ConfigError(f"this server embeds with {model}, not {asked}: leave 'embedder' out, "
                           "or run a server configured with that model")
-    runtime.store_for(principal.tenant).create_collection(request.name, embed_model=model,
-                                                          embed_dim=dim)
+    runtime.store_for(principal.tenant).create_collection(
+        request.name, embed_model=model, embed_dim=dim,
+        embed_backend=runtime.embedder.settings.backend, embed_precision=runtime.embedder.precision)
     return CollectionModel.of(CollectionStats(name=request.name, documents=0, chunks=0,
                                               embed_model=model, embed_dim=dim))
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from core.auth import ApiKeys, Principal
-from core.errors import AuthError, ForbiddenError
-from core.runtime import Runtime
-from service.limits import RateLimiter
+from service.limits import ModelQueue, RateLimiter
 from service.metrics import Metrics
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import ApiKeys, Principal
+from verity.core.errors import AuthError, ForbiddenError
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -27,6 +27,14 @@ def get_metrics(request: Request) -> Metrics:
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def get_model_queue(request: Request) -> ModelQueue:
+    queue: ModelQueue = request.app.state.model_queue
+    return queue
+
+
+ModelQueueDep = Annotated[ModelQueue, Depends(get_model_queue)]
 
 
 def _presented_key(request: Request) -> str | None:

@@ -1,6 +1,6 @@
 """Documents and ingestion jobs for the routes: uploads are queued, never ingested here.
 
-The service only writes the upload into the job queue (``core.jobs``); a
+The service only writes the upload into the job queue (``verity.backends.stores.jobs``); a
 worker from the ``ingest`` package runs it. Every lookup is scoped to the
 caller's tenant, and listing applies the caller's ACL groups in the query.
 """
@@ -8,20 +8,32 @@ caller's tenant, and listing applies the caller's ACL groups in the query.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from fastapi.exceptions import RequestValidationError
 
-from core.auth import Principal
-from core.errors import ConfigError, ForbiddenError, NotFoundError
-from core.jobs import JobQueue
-from core.runtime import Runtime
-from core.stores.pgvector_store import PgvectorStore
-from core.types import SearchFilter, UploadedFile
 from service.metrics import Metrics
-from service.protocol import DocumentList, DocumentModel, JobResponse, UploadAccepted
+from service.protocol import (
+    ChunkContext,
+    DocumentList,
+    DocumentModel,
+    JobList,
+    JobResponse,
+    ReindexResponse,
+    UploadAccepted,
+)
+from verity.answering.runtime import Runtime
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.stores.api_keys import Principal
+from verity.backends.stores.jobs import JobQueue
+from verity.backends.stores.pgvector_store import reindex_collection
+from verity.core.errors import ConfigError, ForbiddenError, NotFoundError
+from verity.core.protocols import Store
+from verity.core.types import SearchFilter, UploadedFile
 
 MAX_GROUPS = 50
 MAX_NAME_CHARS = 255
@@ -95,7 +107,7 @@ def enqueue_upload(runtime: Runtime, principal: Principal, *, collection: str,
     Raises:
         ConfigError: the collection exists but was built with another embedder (400).
     """
-    _check_embedder(_store(runtime, principal), collection, runtime.embedder.name)
+    _check_embedder(_store(runtime, principal), collection, runtime.embedder)
     job_id = JobQueue(runtime.db).enqueue(tenant=principal.tenant, collection=collection,
                                           files=files, groups=groups, metadata=metadata)
     if metrics is not None:
@@ -112,6 +124,36 @@ def job_status(runtime: Runtime, principal: Principal, job_id: str) -> JobRespon
     return JobResponse.of(JobQueue(runtime.db).get(job_id, tenant=principal.tenant))
 
 
+def recent_jobs(runtime: Runtime, principal: Principal, *, collection: str | None,
+                limit: int) -> JobList:
+    """The tenant's most recent jobs, newest first (of one collection when named)."""
+    jobs = JobQueue(runtime.db).recent(tenant=principal.tenant, collection=collection, limit=limit)
+    now = datetime.now(UTC)
+    return JobList(jobs=[JobResponse.of(j, now=now) for j in jobs])
+
+
+def cancel_job(runtime: Runtime, principal: Principal, job_id: str) -> JobResponse:
+    """Cancel a queued or running job of the caller's tenant.
+
+    Raises:
+        NotFoundError: no such job in the tenant (404).
+        ConflictError: the job already ended (409).
+    """
+    return JobResponse.of(JobQueue(runtime.db).cancel(job_id, tenant=principal.tenant))
+
+
+def reindex(runtime: Runtime, principal: Principal, collection: str) -> ReindexResponse:
+    """Rebuild a collection's vector index from PostgreSQL.
+
+    Raises:
+        NotFoundError: the tenant has no such collection (404).
+    """
+    started = time.perf_counter()
+    indexes, chunks = reindex_collection(runtime.db, tenant=principal.tenant, name=collection)
+    return ReindexResponse(collection=collection, indexes=indexes, chunks=chunks,
+                           seconds=round(time.perf_counter() - started, 3))
+
+
 def list_documents(runtime: Runtime, principal: Principal, *, collection: str, limit: int,
                    offset: int) -> DocumentList:
     """One page of the documents the caller may see in a collection of its tenant.
@@ -123,6 +165,18 @@ def list_documents(runtime: Runtime, principal: Principal, *, collection: str, l
         collection=collection, where=_visible(principal), limit=limit, offset=offset)
     return DocumentList(documents=[DocumentModel.of(d) for d in docs], total=total, limit=limit,
                         offset=offset)
+
+
+def chunk_context(runtime: Runtime, principal: Principal, chunk_id: str, *,
+                  window: int) -> ChunkContext:
+    """A chunk the caller could retrieve, with its neighbours and its document.
+
+    Raises:
+        NotFoundError: no such chunk in the caller's tenant, or its groups hide it (404).
+    """
+    document, chunks = _store(runtime, principal).chunk_context(
+        chunk_id, window=window, where=_visible(principal))
+    return ChunkContext.of(document, chunk_id, chunks)
 
 
 def delete_document(runtime: Runtime, principal: Principal, doc_id: str) -> None:
@@ -140,17 +194,18 @@ def delete_document(runtime: Runtime, principal: Principal, doc_id: str) -> None
         raise NotFoundError("no such document; list documents with GET /v1/documents")
 
 
-def _check_embedder(store: PgvectorStore, collection: str, embedder: str) -> None:
+def _check_embedder(store: Store, collection: str, embedder: LocalEmbedder) -> None:
     try:
         model, _ = store.collection_model(collection)
     except NotFoundError:
         return  # the worker creates it
-    if model != embedder:
+    if model != embedder.name:
         raise ConfigError(f"collection {collection!r} holds embeddings of {model}, but this "
-                          f"server embeds with {embedder}: upload into another collection")
+                          f"server embeds with {embedder.name}: upload into another collection")
+    store.check_vectors(collection, backend=embedder.settings.backend, precision=embedder.precision)
 
 
-def _store(runtime: Runtime, principal: Principal) -> PgvectorStore:
+def _store(runtime: Runtime, principal: Principal) -> Store:
     return runtime.store_for(principal.tenant)
 
 

@@ -1,7 +1,9 @@
 """One error schema for every failure: ``{"error": {"type", "message"}}``.
 
-Messages of our own errors are written for users; anything unexpected is
-logged with its traceback and the client gets a generic message.
+Messages of our own errors are written for users and never carry the text of
+the exception underneath; that text is logged with the request id when a
+backend fails (5xx). Anything unexpected is logged with its traceback and the
+client gets a generic message.
 """
 
 from __future__ import annotations
@@ -18,18 +20,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from core.errors import (
+from verity.core.errors import (
     AuthError,
+    BusyError,
+    CancelledError,
     ConfigError,
     ConflictError,
     EmbedderError,
     ForbiddenError,
     GenerationError,
+    LoaderError,
     NotFoundError,
     RagError,
     RateLimitError,
+    RerankError,
     StoreError,
 )
+from verity.core.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +47,17 @@ _STATUS: list[tuple[type[RagError], int, str]] = [
     (NotFoundError, 404, "not_found"),
     (ConflictError, 409, "conflict"),
     (ConfigError, 400, "invalid_request"),
+    (LoaderError, 422, "unreadable_document"),
     (StoreError, 503, "store_unavailable"),
     (EmbedderError, 503, "embedder_unavailable"),
+    (BusyError, 503, "model_busy"),
+    (CancelledError, 499, "cancelled"),
     (GenerationError, 503, "generation_unavailable"),
+    (RerankError, 503, "rerank_unavailable"),
 ]
+
+# A database outage is usually a restart or a burst of requests: clients may retry soon.
+STORE_RETRY_AFTER_S = 5
 
 _HTTP_KINDS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large"}
@@ -80,20 +94,50 @@ async def send_error(send: Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def _headers(exc: RagError) -> dict[str, str] | None:
-    if isinstance(exc, RateLimitError):
+    if isinstance(exc, RateLimitError | BusyError):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, AuthError):
         return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, StoreError):
+        return {"Retry-After": str(STORE_RETRY_AFTER_S)}
     return None
+
+
+def error_kind(exc: RagError) -> tuple[int, str]:
+    """The HTTP status and error type of one of our errors; 500 ``internal_error`` if unmapped."""
+    for cls, status, kind in _STATUS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal_error"
+
+
+def public_error(exc: BaseException) -> tuple[int, str, str]:
+    """The status, error type and message a client may see for ``exc``.
+
+    A backend failure (5xx) is logged with the request id and the chain of
+    exceptions underneath, which the client never sees.
+
+    Returns:
+        ``(status, type, message)``: our own message for our errors, a generic
+        one naming the request id for anything else.
+    """
+    rid = request_id.get() or "-"
+    status, kind = error_kind(exc) if isinstance(exc, RagError) else (500, "internal_error")
+    if kind != "internal_error":
+        if isinstance(exc, BusyError):
+            log.info("%s (request id %s): %s", kind, rid, exc)
+        elif status >= 500:
+            log.warning("%s (request id %s): %s", kind, rid, exc, exc_info=exc)
+        return status, kind, str(exc)
+    log.error("unhandled error (request id %s)", rid, exc_info=exc)
+    return 500, "internal_error", f"internal error; see the server log (request id {rid})"
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RagError)
     async def _rag(_: Request, exc: RagError) -> JSONResponse:
-        for cls, status, kind in _STATUS:
-            if isinstance(exc, cls):
-                return error_response(status, kind, str(exc), _headers(exc))
-        return error_response(500, "internal_error", "internal error")
+        status, kind, message = public_error(exc)
+        return error_response(status, kind, message, _headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,11 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.types import JobStatus
+from verity.backends.stores.tantivy_index import Lag
+from verity.core.types import JobStatus
 
 log = logging.getLogger(__name__)
 
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed")
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "done", "failed", "cancelled")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -31,7 +32,8 @@ class Metrics:
         >>> body, content_type = metrics.render()
     """
 
-    def __init__(self, *, job_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(self, *, job_counts: Callable[[], Mapping[str, int]] | None = None,
+                 lexical_lag: Callable[[], Mapping[str, Lag | None]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("verity_http_requests", "HTTP requests by route and status",
@@ -53,6 +55,8 @@ class Metrics:
                                       "Files uploaded for ingestion", registry=r)
         if job_counts is not None:
             r.register(JobsCollector(job_counts))
+        if lexical_lag is not None:
+            r.register(LexicalLagCollector(lexical_lag))
 
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
@@ -109,3 +113,39 @@ class JobsCollector(Collector):
         for status in JOB_STATUSES:
             gauge.add_metric([status], counts.get(status, 0))
         yield gauge
+
+
+class LexicalLagCollector(Collector):
+    """How far this process's lexical indexes are behind PostgreSQL, read at scrape time.
+
+    ``verity_lexical_index_lag_seconds`` is the largest lag of any index (the age of the
+    oldest change not yet applied), ``verity_lexical_index_lag_changes`` the changes not yet
+    applied in all of them, ``verity_lexical_indexes{state}`` how many are ready or still
+    building (their searches use PostgreSQL). No series names a tenant or collection;
+    ``/readyz`` lists each index.
+    """
+
+    def __init__(self, lag: Callable[[], Mapping[str, Lag | None]]) -> None:
+        self._lag = lag
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families({})
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._lag())
+
+    @staticmethod
+    def _families(lags: Mapping[str, Lag | None]) -> Iterator[Metric]:
+        ready = [lag for lag in lags.values() if lag is not None]
+        yield GaugeMetricFamily("verity_lexical_index_lag_seconds",
+                                "Age of the oldest change a lexical index has not applied "
+                                "(largest over this process's indexes)",
+                                value=max((lag.seconds for lag in ready), default=0.0))
+        yield GaugeMetricFamily("verity_lexical_index_lag_changes",
+                                "Changes not yet applied to this process's lexical indexes",
+                                value=sum(lag.changes for lag in ready))
+        states = GaugeMetricFamily("verity_lexical_indexes", "Lexical indexes by state",
+                                   labels=["state"])
+        states.add_metric(["ready"], len(ready))
+        states.add_metric(["building"], len(lags) - len(ready))
+        yield states

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AllowInfNan,
@@ -20,11 +20,13 @@ from pydantic import (
     field_validator,
 )
 
-from core.types import (
+from verity.core.types import (
     Answer,
+    Chunk,
     Citation,
     CollectionStats,
     DocumentInfo,
+    FilterOp,
     Job,
     JobStatus,
     MetadataCondition,
@@ -71,25 +73,31 @@ class _Operator(BaseModel):
     """``{"op": operand}`` with exactly one known operator; anything else is refused."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    op: ClassVar[FilterOp]
 
 
 class InCondition(_Operator):
+    op: ClassVar[FilterOp] = "in"
     in_: list[Scalar] = Field(alias="in", min_length=1, description="any of these values")
 
 
 class GtCondition(_Operator):
+    op: ClassVar[FilterOp] = "gt"
     gt: RangeOperand
 
 
 class GteCondition(_Operator):
+    op: ClassVar[FilterOp] = "gte"
     gte: RangeOperand
 
 
 class LtCondition(_Operator):
+    op: ClassVar[FilterOp] = "lt"
     lt: RangeOperand
 
 
 class LteCondition(_Operator):
+    op: ClassVar[FilterOp] = "lte"
     lte: RangeOperand
 
 
@@ -106,7 +114,16 @@ def _keys_without_nul(schema: dict[str, Any]) -> None:
     schema["propertyNames"]["pattern"] = _NO_NUL
 
 
-class RetrievalOptions(BaseModel):
+class _Request(BaseModel):
+    """A request body: an unknown field is refused (422, naming it), never silently ignored.
+
+    A misspelt ``"filter"`` for ``"filters"`` would otherwise return unfiltered results.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrievalOptions(_Request):
     """Per-request retrieval choices; unset fields use the server's settings."""
 
     collection: str | None = Field(
@@ -157,15 +174,25 @@ class RetrievalOptions(BaseModel):
         out = []
         for key, cond in self.filters.items():
             if isinstance(cond, _Operator):
-                ((op, operand),) = cond.model_dump(by_alias=True).items()
-                out.append(MetadataCondition(key, op, operand))
+                (operand,) = cond.model_dump().values()
+                out.append(MetadataCondition(key, cond.op, operand))
             else:
                 out.append(MetadataCondition(key, "eq", cond))
         return tuple(out)
 
 
+class TurnModel(_Request):
+    question: str = Field(min_length=1, max_length=4000, pattern=_NO_NUL)
+    answer: str = Field(max_length=20_000, pattern=_NO_NUL)
+
+
 class QueryRequest(RetrievalOptions):
     question: str = Field(min_length=1, max_length=4000, description="the question to answer")
+    history: list[TurnModel] = Field(
+        default_factory=list, max_length=50,
+        description="earlier turns of the conversation, oldest first: a follow-up question is "
+                    "rewritten into a standalone one with them before retrieval (see the trace's "
+                    "'conversation')")
     crag: bool | None = Field(
         default=None, description="corrective RAG: grade retrieval, refine, re-retrieve or "
                                   "abstain; default: the server's setting")
@@ -207,11 +234,14 @@ class CitationModel(BaseModel):
     text: str
     page: int | None = None
     heading: str = ""
+    score: float | None = Field(default=None, description="the score retrieval ranked it by")
+    relevance: float | None = Field(
+        default=None, description="its dense cosine similarity to the question (-1 to 1)")
 
     @classmethod
     def of(cls, c: Citation) -> CitationModel:
         return cls(n=c.n, document=c.document, chunk_id=c.chunk_id, text=c.text, page=c.page,
-                   heading=c.heading)
+                   heading=c.heading, score=c.score, relevance=c.relevance)
 
 
 class QueryResponse(BaseModel):
@@ -251,27 +281,85 @@ class FileFailureModel(BaseModel):
     reason: str
 
 
+FileStatus = Literal["queued", "ingesting", "done", "failed", "cancelled"]
+
+
+class JobFileModel(BaseModel):
+    name: str = Field(description="the uploaded file name")
+    status: FileStatus = Field(description="queued, ingesting, done, failed or cancelled")
+    reason: str | None = Field(default=None, description="why it failed, when it did")
+
+
 class JobResponse(BaseModel):
     id: str
     status: JobStatus = Field(
-        description="queued, running, done (at least one file ingested) or failed")
+        description="queued, running, done (at least one file ingested), failed or cancelled")
     collection: str
     progress: JobProgressModel
+    files: list[JobFileModel] = Field(default_factory=list,
+                                      description="each uploaded file, in upload order")
     failures: list[FileFailureModel] = Field(description="files that could not be ingested")
     error: str | None = Field(default=None, description="why the job failed, when it did")
+    elapsed_s: float | None = Field(default=None, description="seconds since a worker started it")
+    eta_s: float | None = Field(
+        default=None, description="while running: seconds left at the rate files finished so far")
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
     @classmethod
-    def of(cls, job: Job) -> JobResponse:
+    def of(cls, job: Job, *, now: datetime | None = None) -> JobResponse:
         p = job.progress
+        elapsed = eta = None
+        if job.started_at is not None:
+            end = job.finished_at or now or datetime.now(job.started_at.tzinfo)
+            elapsed = max(0.0, (end - job.started_at).total_seconds())
+            if job.status == "running" and p.files_done:
+                eta = elapsed / p.files_done * max(0, job.files_total - p.files_done)
         return cls(id=job.id, status=job.status, collection=job.collection,
                    progress=JobProgressModel(files_total=job.files_total, files_done=p.files_done,
                                              chunks_written=p.chunks_written),
+                   files=job_files(job),
                    failures=[FileFailureModel(file=f.file, reason=f.reason) for f in p.failures],
-                   error=job.error, created_at=job.created_at, started_at=job.started_at,
-                   finished_at=job.finished_at)
+                   error=job.error, elapsed_s=elapsed, eta_s=eta, created_at=job.created_at,
+                   started_at=job.started_at, finished_at=job.finished_at)
+
+
+def job_files(job: Job) -> list[JobFileModel]:
+    """Each file's status: failures by name; the others finish in upload order."""
+    failed = {f.file: f.reason for f in job.progress.failures}
+    finished = job.progress.files_done - len(failed)
+    out: list[JobFileModel] = []
+    for name in job.files:
+        if name in failed:
+            out.append(JobFileModel(name=name, status="failed", reason=failed[name]))
+            continue
+        status: FileStatus
+        if finished > 0 or job.status == "done":
+            status = "done"
+        elif job.status == "running":
+            status = "ingesting" if not any(f.status == "ingesting" for f in out) else "queued"
+        elif job.status == "queued":
+            status = "queued"
+        elif job.status == "cancelled":
+            status = "cancelled"
+        else:
+            out.append(JobFileModel(name=name, status="failed", reason=job.error))
+            continue
+        finished -= 1
+        out.append(JobFileModel(name=name, status=status))
+    return out
+
+
+class JobList(BaseModel):
+    jobs: list[JobResponse] = Field(description="newest first")
+
+
+class ReindexResponse(BaseModel):
+    collection: str
+    indexes: list[str] = Field(description="the PostgreSQL indexes rebuilt")
+    chunks: int = Field(description="chunks the rebuilt indexes cover")
+    seconds: float
 
 
 class DocumentModel(BaseModel):
@@ -289,6 +377,26 @@ class DocumentModel(BaseModel):
         return cls(id=d.id, collection=d.collection, source=d.source, title=d.title,
                    chunk_count=d.chunk_count, groups=list(d.acl_groups), metadata=d.metadata,
                    ingested_at=d.ingested_at)
+
+
+class ContextChunk(BaseModel):
+    chunk_id: str
+    ordinal: int = Field(description="its position in the document, from 0")
+    text: str
+    heading: str = Field(description="the heading path it sits under")
+    page: int | None = None
+
+
+class ChunkContext(BaseModel):
+    document: DocumentModel
+    chunk_id: str = Field(description="the chunk asked about")
+    chunks: list[ContextChunk] = Field(description="it and its neighbours, in reading order")
+
+    @classmethod
+    def of(cls, document: DocumentInfo, chunk_id: str, chunks: list[Chunk]) -> ChunkContext:
+        return cls(document=DocumentModel.of(document), chunk_id=chunk_id, chunks=[
+            ContextChunk(chunk_id=c.id, ordinal=c.ordinal, text=c.text, heading=c.heading,
+                         page=c.page) for c in chunks])
 
 
 class DocumentList(BaseModel):
@@ -315,10 +423,40 @@ class CollectionList(BaseModel):
     collections: list[CollectionModel]
 
 
-class CreateCollectionRequest(BaseModel):
+class CreateCollectionRequest(_Request):
     name: str = Field(min_length=1, max_length=64, pattern=COLLECTION_PATTERN)
     embedder: str | None = Field(
         default=None, description="must be the server's embedding model; default: it")
+
+
+class KeyModel(BaseModel):
+    id: int
+    name: str
+    prefix: str = Field(description="the key's first characters, to recognise it; never the key")
+    groups: list[str]
+    admin: bool
+    created_at: datetime
+    revoked: bool
+
+
+class KeyList(BaseModel):
+    keys: list[KeyModel]
+
+
+GroupName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_NO_NUL)]
+
+
+class CreateKeyRequest(_Request):
+    name: str = Field(default="", max_length=100, pattern=_NO_NUL,
+                      description="a label, e.g. the app using it")
+    groups: list[GroupName] = Field(default_factory=list, max_length=50,
+                                    description="the ACL groups of its caller")
+    admin: bool = Field(default=False, description="may manage keys, collections and documents")
+
+
+class CreatedKey(BaseModel):
+    key: str = Field(description="the key itself: shown this once, only its hash is stored")
+    info: KeyModel
 
 
 class HealthResponse(BaseModel):
@@ -328,6 +466,14 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool] = Field(description="database, embedder, generator")
+    lexical_lag_s: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="with VERITY_RETRIEVAL__LEXICAL=tantivy: for each tenant/collection index this "
+                    "process has opened, the age in seconds of the oldest change not yet in it "
+                    "(null until it is first built, while PostgreSQL answers its searches)")
+    lexical_lag_changes: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="the same indexes' changes (outbox rows) not yet applied")
 
 
 class ErrorInfo(BaseModel):

@@ -17,10 +17,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 
-from core.logs import request_id
 from service.errors import send_error
 from service.limits import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
+from verity.core.logs import request_id
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("verity.access")
@@ -34,7 +34,7 @@ class RequestTelemetry:
 
     An incoming ``X-Request-ID`` of 1-128 letters, digits and ``._:-`` is kept;
     otherwise a new id is made. The id is returned in the ``X-Request-ID``
-    response header and set in :data:`core.logs.request_id` while the request
+    response header and set in :data:`verity.core.logs.request_id` while the request
     is served.
 
     Example:
@@ -155,9 +155,7 @@ def _otlp_exporter() -> Any:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter,  # type: ignore[assignment]
-            )
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         except ImportError:
             return None
     return OTLPSpanExporter()

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,21 +17,27 @@ for _key in [k for k in os.environ if k.startswith("VERITY_")]:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from core.embedders import SentenceTransformerEmbedder  # noqa: E402
-from core.generators import OpenAIChatGenerator  # noqa: E402
-from core.llama_server import LlamaCppServer  # noqa: E402
-from core.prompts import PromptLibrary  # noqa: E402
-from core.runtime import Runtime  # noqa: E402
-from core.settings import EmbedderSettings, LLMSettings, Settings, StoreSettings  # noqa: E402
-from core.stores.database import Database  # noqa: E402
-from core.stores.pgvector_store import PgvectorStore  # noqa: E402
+from verity.answering.runtime import Runtime  # noqa: E402
+from verity.backends.embedders import LocalEmbedder, build_embedder  # noqa: E402
+from verity.backends.generators import OpenAIChatGenerator  # noqa: E402
+from verity.backends.llama_server import LlamaCppServer  # noqa: E402
+from verity.backends.stores.database import Database  # noqa: E402
+from verity.backends.stores.pgvector_store import PgvectorStore  # noqa: E402
+from verity.core.prompts import PromptLibrary  # noqa: E402
+from verity.core.settings import (  # noqa: E402
+    EmbedderSettings,
+    LLMSettings,
+    RetrievalSettings,
+    Settings,
+    StoreSettings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 
 
-def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[call-arg]
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +58,9 @@ def store(database: Database) -> PgvectorStore:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> SentenceTransformerEmbedder:
-    e = SentenceTransformerEmbedder(EmbedderSettings())
+def embedder(data_dir: Path) -> LocalEmbedder:
+    """The default embedder (ONNX int8), exported into the session's data directory."""
+    e = build_embedder(EmbedderSettings(), data_dir=data_dir)
     e.warm_up()
     return e
 
@@ -72,9 +80,11 @@ def generator(llm_server: LlamaCppServer) -> OpenAIChatGenerator:
 
 @pytest.fixture(scope="session")
 def runtime(data_dir: Path, database: Database, store: PgvectorStore,
-            embedder: SentenceTransformerEmbedder, generator: OpenAIChatGenerator,
+            embedder: LocalEmbedder, generator: OpenAIChatGenerator,
             llm_server: LlamaCppServer) -> Runtime:
-    settings = make_settings(data_dir)
+    # The session's store has no lexical index: its settings say so, and BM25 runs in
+    # PostgreSQL (tests/integration/test_lexical_index.py covers the index, the default).
+    settings = make_settings(data_dir, retrieval=RetrievalSettings(lexical="postgres"))
     settings = settings.model_copy(update={"server": settings.server.model_copy(
         update={"auth": False})})
     return Runtime(settings=settings, db=database, store=store, embedder=embedder,
@@ -83,9 +93,10 @@ def runtime(data_dir: Path, database: Database, store: PgvectorStore,
 
 @pytest.fixture(scope="session")
 def retrieval_runtime(data_dir: Path, database: Database, store: PgvectorStore,
-                      embedder: SentenceTransformerEmbedder) -> Runtime:
+                      embedder: LocalEmbedder) -> Runtime:
     """Backends without a generator (no llama.cpp server): enough for everything but answers."""
-    return Runtime(settings=make_settings(data_dir), db=database, store=store, embedder=embedder,
+    settings = make_settings(data_dir, retrieval=RetrievalSettings(lexical="postgres"))
+    return Runtime(settings=settings, db=database, store=store, embedder=embedder,
                    prompts=PromptLibrary.load())
 
 

@@ -7,14 +7,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
-VERITY = [sys.executable, "-m", "cli"]
+VERITY = [sys.executable, "-m", "verity.cli"]
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -26,7 +26,7 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def replay_connector(tmp_path: Path, question: str, results: str) -> Any:
     """A replay connector that answers ``question`` with ``results`` (`` ; ``-separated)."""
-    from core.connectors import ReplayConnector
+    from verity.backends.connectors import ReplayConnector
 
     (tmp_path / "q.jsonl").write_text(json.dumps({"question": question}) + "\n")
     (tmp_path / "k.txt").write_text(results)
@@ -83,8 +83,8 @@ _TINY_QRELS = "query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t2\nq1\td2\t0\n"
 
 
 def write_beir(
-    root: Path, *, docs: list[dict[str, object]] | None = None,
-    queries: list[dict[str, object]] | None = None, qrels: str | None = None,
+    root: Path, *, docs: Iterable[Mapping[str, object]] | None = None,
+    queries: Iterable[Mapping[str, object]] | None = None, qrels: str | None = None,
 ) -> Path:
     """A BEIR folder (by default two documents, three queries, two judged); returns ``root``.
 
@@ -153,15 +153,18 @@ def replace_zip_member(data: bytes, member: str, content: bytes | None) -> bytes
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port, in a thread; yields its URL."""
+def serve_app(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port, in a thread; yields its URL.
+
+    ``lifespan="on"`` runs the app's start-up and shut-down too.
+    """
     import uvicorn
 
-    from core.llama_server import free_port
+    from verity.backends.llama_server import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+                                           lifespan=lifespan))
     thread = threading.Thread(target=server.run, name="fake-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -193,9 +196,9 @@ def ingest_texts(runtime: Any, collection: str, texts: dict[str, str], *, titled
 
     Each text is one section; with ``titled`` its source name is also its title.
     """
-    from core.settings import ChunkingSettings
-    from core.types import Document, Section
     from ingest.pipeline import IngestPipeline
+    from verity.core.settings import ChunkingSettings
+    from verity.core.types import Document, Section
 
     pipeline = IngestPipeline(store=runtime.store, embedder=runtime.embedder,
                               chunking=ChunkingSettings())

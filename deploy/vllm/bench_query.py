@@ -24,11 +24,11 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from core.generators import OpenAIChatGenerator
-from core.runtime import Runtime, open_runtime
-from core.settings import ChunkingSettings, LLMSettings, Settings
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
+from verity.answering.runtime import Runtime, open_runtime
+from verity.backends.generators import OpenAIChatGenerator
+from verity.core.settings import ChunkingSettings, LLMSettings, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "How do I configure the database?"
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="verity-bench-") as tmp:
-        settings = Settings(_env_file=None, data_dir=Path(tmp))  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=Path(tmp))
         settings = settings.model_copy(update={
             "server": settings.server.model_copy(update={"auth": False}),
             "llm": settings.llm.model_copy(update={"timeout_s": 900}),

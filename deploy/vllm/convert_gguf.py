@@ -1,6 +1,6 @@
 """Convert the bundled GGUF into a Hugging Face model directory that vLLM can serve.
 
-The bundled generator ships only as a Q4_K_M GGUF (see ``core/models.py``), while
+The bundled generator ships only as a Q4_K_M GGUF (see ``verity/backends/models.py``), while
 vLLM serves Hugging Face safetensors checkpoints (its GGUF loading is experimental).
 This script dequantizes the GGUF once with transformers (which needs the ``gguf``
 and ``accelerate`` packages), rebuilds a plain model from the config, and writes
@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
-from core.models import GGUF_SHA256, resolve_gguf, sha256_file
-from core.settings import BUNDLED_GGUF, Settings
+from verity.backends.models import GGUF_SHA256, resolve_gguf, sha256_file
+from verity.core.errors import ConfigError
+from verity.core.settings import BUNDLED_GGUF, Settings
 
 STAMP_NAME = "verity-source.sha256"
 DEFAULT_OUT = Path.home() / ".cache" / "verity" / "vllm-model"

@@ -5,13 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from service import collections
+from service import collections, documents
 from service.deps import AdminDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     COLLECTION_PATTERN,
     CollectionList,
     CollectionModel,
     CreateCollectionRequest,
+    ReindexResponse,
     error_responses,
 )
 
@@ -40,3 +41,13 @@ def delete_collection(name: Annotated[str, Path(max_length=64, pattern=COLLECTIO
     """Delete a collection with all its documents and chunks (admin keys)."""
     collections.delete_collection(runtime, principal, name)
     return Response(status_code=204)
+
+
+@router.post("/v1/collections/{name}/reindex", response_model=ReindexResponse, responses=_ERRORS)
+def reindex_collection(name: Annotated[str, Path(max_length=64, pattern=COLLECTION_PATTERN)],
+                       runtime: RuntimeDep, principal: AdminDep) -> ReindexResponse:
+    """Rebuild the collection's vector index from its rows in PostgreSQL (admin keys).
+
+    Searches and writes go on meanwhile; the documents are not loaded or embedded again.
+    """
+    return documents.reindex(runtime, principal, name)

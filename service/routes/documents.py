@@ -9,7 +9,9 @@ from service import documents
 from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     COLLECTION_PATTERN,
+    ChunkContext,
     DocumentList,
+    JobList,
     JobResponse,
     UploadAccepted,
     error_responses,
@@ -18,6 +20,7 @@ from service.protocol import (
 router = APIRouter(tags=["documents"])
 
 _ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
+_CANCEL_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 CollectionForm = Annotated[str, Form(min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
                                      description="the collection to ingest into")]
@@ -43,6 +46,23 @@ def upload_documents(
         metrics=metrics)
 
 
+@router.get("/v1/jobs", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    collection: CollectionQuery = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """The tenant's most recent ingestion jobs, newest first; of one collection when named."""
+    return documents.recent_jobs(runtime, principal, collection=collection, limit=limit)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobResponse, responses=_CANCEL_ERRORS)
+def cancel_job(job_id: str, runtime: RuntimeDep, principal: AdminDep) -> JobResponse:
+    """Cancel a queued or running job (admin keys); files already ingested stay."""
+    return documents.cancel_job(runtime, principal, job_id)
+
+
 @router.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=_ERRORS)
 def get_job(job_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> JobResponse:
     """An ingestion job of the caller's tenant: status, progress and per-file failures."""
@@ -65,6 +85,17 @@ def list_documents(
     return documents.list_documents(runtime, principal,
                                     collection=collection or runtime.settings.collection,
                                     limit=limit, offset=offset)
+
+
+@router.get("/v1/chunks/{chunk_id}/context", response_model=ChunkContext, responses=_ERRORS)
+def get_chunk_context(
+    chunk_id: str,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    window: Annotated[int, Query(ge=0, le=10, description="neighbours on each side")] = 2,
+) -> ChunkContext:
+    """A chunk the caller may read, with its neighbours, heading path and document."""
+    return documents.chunk_context(runtime, principal, chunk_id, window=window)
 
 
 @router.delete("/v1/documents/{doc_id}", status_code=204, response_class=Response,

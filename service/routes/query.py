@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+import threading
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from service import answering
-from service.deps import MetricsDep, PrincipalDep, RuntimeDep
+from service.deps import MetricsDep, ModelQueueDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     HealthResponse,
     QueryRequest,
@@ -21,8 +24,8 @@ _ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503)
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["health"])
-def healthz() -> HealthResponse:
-    """The process is alive."""
+async def healthz() -> HealthResponse:
+    """The process is alive: answered on the event loop, never queued behind busy threads."""
     return HealthResponse()
 
 
@@ -32,24 +35,38 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     """The database, the embedder and the generator can all be reached."""
     checks = runtime.readiness()
     ready = all(checks.values())
-    body = ReadyResponse(status="ready" if ready else "not_ready", checks=checks)
+    lag = runtime.lexical.lag() if runtime.lexical is not None else {}
+    body = ReadyResponse(status="ready" if ready else "not_ready", checks=checks,
+                         lexical_lag_s={k: None if v is None else v.seconds
+                                        for k, v in lag.items()},
+                         lexical_lag_changes={k: None if v is None else v.changes
+                                              for k, v in lag.items()})
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.post("/v1/query", response_model=QueryResponse, tags=["query"],
              responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}})
 def query(request: QueryRequest, runtime: RuntimeDep, principal: PrincipalDep,
-          metrics: MetricsDep) -> QueryResponse | StreamingResponse:
+          metrics: MetricsDep, queue: ModelQueueDep, http: Request
+          ) -> QueryResponse | StreamingResponse:
     """Answer a question from the documents the caller may read, with numbered citations.
 
-    With ``"stream": true`` the answer comes as server-sent events.
+    With ``"stream": true`` the answer comes as server-sent events. A client that
+    disconnects stops the model either way. When the model's queue is full the
+    answer is refused with 503 ``model_busy`` and Retry-After.
     """
     if not request.stream:
-        return answering.answer_query(runtime, principal, request, metrics=metrics)
-    rag, prepared = answering.prepare_query(runtime, principal, request)
-    return StreamingResponse(answering.stream_query(rag, prepared, metrics=metrics),
+        return answering.answer_query(runtime, principal, request, metrics=metrics, queue=queue,
+                                      gone=answering.disconnect_probe(http))
+    rag, prepared = answering.prepare_query(runtime, principal, request, queue=queue)
+    slot = answering.admit(queue, rag, prepared, gone=answering.disconnect_probe(http))
+    stop = threading.Event()
+    events = answering.stream_query(rag, prepared, metrics=metrics, stop=stop)
+    # The slot is given back when the stream ends, and at the latest after the response.
+    return StreamingResponse(answering.until_disconnected(http, events, stop=stop, slot=slot),
                              media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(slot.release) if slot else None)
 
 
 @router.post("/v1/search", response_model=SearchResponse, tags=["query"], responses=_ERRORS)

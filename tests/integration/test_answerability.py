@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from core.crag import CorrectiveRag
-from core.runtime import Runtime
-from core.settings import CragSettings
 from tests.helpers import ingest_texts, replay_connector
+from verity.answering.crag import CorrectiveRag
+from verity.answering.runtime import Runtime
+from verity.core.settings import CragSettings
 
 pytestmark = pytest.mark.integration
 

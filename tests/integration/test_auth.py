@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from core.auth import ApiKeys
-from core.runtime import Runtime
-from core.settings import ChunkingSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, Section
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import ApiKeys
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.settings import ChunkingSettings
+from verity.core.types import Document, Section
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def _auth(key: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", ["/v1/query", "/v1/search"])
 def test_no_key_or_a_bad_key_is_401(client: TestClient, tenants: dict[str, str], path: str) -> None:
-    body = {"question": "x", "query": "x", "collection": "people"}
+    body = {"question" if path == "/v1/query" else "query": "x", "collection": "people"}
     for headers in [{}, _auth("vk_not-a-real-key"), {"X-API-Key": "nope"}]:
         r = client.post(path, json=body, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
@@ -150,3 +150,26 @@ def test_oversized_body_is_413(runtime: Runtime, tenants: dict[str, str]) -> Non
         r = c.post("/v1/search", json={"query": "x" * 5000, "collection": "people"},
                    headers=_auth(tenants["globex"]))
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+
+
+def test_a_chunks_context_is_read_only_by_callers_who_could_retrieve_it(
+    client: TestClient, tenants: dict[str, str]
+) -> None:
+    body = {"query": "salary band for staff engineers", "collection": "people", "top_k": 10}
+    hits = client.post("/v1/search", json=body, headers=_auth(tenants["acme-hr"])).json()["results"]
+    secret = next(h for h in hits if h["document"] == "salaries.md")
+    path = f"/v1/chunks/{secret['chunk_id']}/context"
+    seen = client.get(path, params={"window": 2}, headers=_auth(tenants["acme-hr"]))
+    assert seen.status_code == 200
+    context = seen.json()
+    assert context["document"]["source"] == "salaries.md" and context["chunk_id"] == secret["chunk_id"]
+    assert secret["chunk_id"] in [c["chunk_id"] for c in context["chunks"]]
+    ordinals = [c["ordinal"] for c in context["chunks"]]
+    assert ordinals == sorted(ordinals)
+    # Another group of the tenant, another tenant, an unknown id: all the same 404.
+    for key in ("acme-eng", "globex"):
+        hidden = client.get(path, headers=_auth(tenants[key]))
+        assert hidden.status_code == 404 and "180,000" not in hidden.text
+    assert client.get("/v1/chunks/no-such-chunk/context",
+                      headers=_auth(tenants["acme-hr"])).status_code == 404
+    assert client.get(path).status_code == 401

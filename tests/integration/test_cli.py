@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.llama_server import free_port
 from tests.conftest import DOCS
 from tests.helpers import VERITY, cli_env, processes_using
+from verity.backends.llama_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -77,10 +77,10 @@ def test_invalid_setting(tmp_path: Path) -> None:
 def test_reindex_rebuilds_faiss_files_from_postgres(tmp_path: Path) -> None:
     import numpy as np
 
-    from core.settings import StoreSettings
-    from core.stores.database import Database
-    from core.stores.pgvector_store import PgvectorStore
-    from core.types import Chunk, Document, Section
+    from verity.backends.stores.database import Database
+    from verity.backends.stores.pgvector_store import PgvectorStore
+    from verity.core.settings import StoreSettings
+    from verity.core.types import Chunk, Document, Section
 
     env = cli_env(tmp_path)
     assert "no collections to reindex" in _run(["reindex"], env).stdout

@@ -13,22 +13,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from clients.http import VerityAPIError, VerityClient
-from clients.langchain import VerityRetriever as LangChainRetriever
-from clients.llamaindex import VerityRetriever as LlamaIndexRetriever
-from core.llama_server import free_port
+from verity.backends.llama_server import free_port
+from verity.clients.http import Mode, VerityAPIError, VerityClient
+from verity.clients.langchain import VerityRetriever as LangChainRetriever
+from verity.clients.llamaindex import VerityRetriever as LlamaIndexRetriever
+from verity.core.settings import RetrievalSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-VERITY = [sys.executable, "-m", "cli"]
+VERITY = [sys.executable, "-m", "verity.cli"]
 
 CORPUS = {
     "sourdough.md": "# Sourdough baking\n\n## Starter\n\nFeed the sourdough starter every day with "
@@ -127,7 +129,7 @@ def test_http_client_searches_with_a_key(server: Server) -> None:
 
 
 def test_langchain_retriever_returns_documents(server: Server) -> None:
-    retriever = LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb")
+    retriever = LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb")
     docs = retriever.invoke("Who lights the lamp at dusk?")
     assert docs and docs[0].metadata["document"] == "kb/lighthouse.md"
     assert "lamp at dusk" in docs[0].page_content
@@ -138,7 +140,7 @@ def test_langchain_retriever_returns_documents(server: Server) -> None:
 
 
 def test_langchain_retriever_async(server: Server) -> None:
-    retriever = LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb",
+    retriever = LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb",
                                    top_k=1)
     docs = asyncio.run(retriever.ainvoke("Why are stratovolcano eruptions explosive?"))
     assert [d.metadata["document"] for d in docs] == ["kb/volcanoes.md"]
@@ -151,7 +153,8 @@ def test_llamaindex_retriever_returns_scored_nodes(server: Server) -> None:
     assert top.node.metadata["document"] == "kb/sourdough.md"
     assert "250 degrees" in top.node.get_content()
     assert top.node.node_id == top.node.metadata["chunk_id"] and top.score == top.node.metadata["score"]
-    assert [n.score for n in nodes] == sorted((n.score for n in nodes), reverse=True)
+    scores = [n.score for n in nodes if n.score is not None]
+    assert len(scores) == len(nodes) and scores == sorted(scores, reverse=True)
 
 
 def test_llamaindex_retriever_async(server: Server) -> None:
@@ -163,16 +166,17 @@ def test_llamaindex_retriever_async(server: Server) -> None:
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_top_k_reaches_the_server(server: Server, top_k: int) -> None:
     query = "sourdough starter"
-    lc = LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb",
+    lc = LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb",
                             top_k=top_k).invoke(query)
     li = LlamaIndexRetriever(server.base_url, api_key=server.key, collection="kb",
                              top_k=top_k).retrieve(query)
     assert len(lc) == len(li) == top_k
 
 
-@pytest.mark.parametrize(("mode", "stage"), [("bm25", "bm25"), ("dense", "dense_float")])
-def test_mode_reaches_the_server(server: Server, mode: str, stage: str) -> None:
-    docs = LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb",
+@pytest.mark.parametrize(("mode", "stage"), [
+    ("bm25", "bm25"), ("dense", f"dense_{RetrievalSettings().dense_mode}")])
+def test_mode_reaches_the_server(server: Server, mode: Mode, stage: str) -> None:
+    docs = LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb",
                               mode=mode).invoke("lighthouse keeper")
     assert docs and all(set(d.metadata["scores"]) == {stage} for d in docs)
 
@@ -180,21 +184,22 @@ def test_mode_reaches_the_server(server: Server, mode: str, stage: str) -> None:
 def test_filters_reach_the_server(server: Server) -> None:
     # The ingested Markdown files carry no metadata, so any condition excludes every chunk.
     filters = {"dept": "hr"}
-    assert LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb",
+    assert LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb",
                               filters=filters).invoke("sourdough") == []
     assert LlamaIndexRetriever(server.base_url, api_key=server.key, collection="kb",
                                filters=filters).retrieve("sourdough") == []
     with pytest.raises(VerityAPIError) as bad:
-        LangChainRetriever(base_url=server.base_url, api_key=server.key, collection="kb",
+        LangChainRetriever(base_url=server.base_url, api_key=SecretStr(server.key), collection="kb",
                            filters={"year": {"between": [1, 2]}}).invoke("sourdough")
     assert bad.value.status_code == 422 and bad.value.type == "invalid_request"
 
 
 def test_wrong_key_raises_a_clear_error(server: Server) -> None:
-    for retrieve in [
-        LangChainRetriever(base_url=server.base_url, api_key="vk_wrong", collection="kb").invoke,
+    retrievers: list[Callable[[str], object]] = [
+        LangChainRetriever(base_url=server.base_url, api_key=SecretStr("vk_wrong"), collection="kb").invoke,
         LlamaIndexRetriever(server.base_url, api_key="vk_wrong", collection="kb").retrieve,
-    ]:
+    ]
+    for retrieve in retrievers:
         with pytest.raises(VerityAPIError) as err:
             retrieve("sourdough")
         assert err.value.status_code == 401 and err.value.type == "unauthorized"

@@ -1,14 +1,17 @@
 """Corrective RAG and the injection defence with the real embedder, store and local model."""
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from core.crag import CorrectiveRag
-from core.rag import ABSTAIN_TEXT
-from core.runtime import Runtime
-from core.settings import CragSettings
 from tests.helpers import ingest_texts, replay_connector
+from verity.answering.crag import CorrectiveRag
+from verity.answering.pipeline import ABSTAIN_TEXT
+from verity.answering.runtime import Runtime
+from verity.backends.connectors import Connector
+from verity.core.settings import CragSettings
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +31,7 @@ def collection(runtime: Runtime) -> str:
     return ingest_texts(runtime, "crag-facts", FACTS)
 
 
-def _crag(runtime: Runtime, connectors=(), **settings: object) -> CorrectiveRag:
+def _crag(runtime: Runtime, connectors: Sequence[Connector] = (), **settings: Any) -> CorrectiveRag:
     return CorrectiveRag(runtime.rag(), CragSettings(enabled=True, **settings), connectors)
 
 

@@ -7,10 +7,10 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from core.errors import StoreError
-from core.settings import StoreSettings
-from core.stores.database import Database, apply_migrations, migration_files
 from tests.helpers import processes_using
+from verity.backends.stores.database import Database, apply_migrations, migration_files
+from verity.core.errors import StoreError
+from verity.core.settings import StoreSettings
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +53,17 @@ def test_a_killed_holder_does_not_keep_the_embedded_server_running(tmp_path: Pat
     with Database(StoreSettings(), data_dir=tmp_path) as db:
         assert db.ping() and processes_using(tmp_path)
     assert processes_using(tmp_path) == []
+
+
+def test_closing_one_database_keeps_the_embedded_server_for_another_on_the_same_directory(
+        tmp_path: Path) -> None:
+    """A command or runtime that closes its Database must not stop a server still in use."""
+    first = Database(StoreSettings(), data_dir=tmp_path).open()
+    second = Database(StoreSettings(), data_dir=tmp_path).open()
+    second.close()
+    with first.pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    conninfo = first.conninfo
+    first.close()  # the last user: the server stops
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(conninfo, connect_timeout=2).close()

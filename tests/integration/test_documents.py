@@ -10,17 +10,18 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from core.auth import ApiKeys
-from core.runtime import Runtime
-from core.settings import WorkerSettings
 from ingest.worker import NOTHING_INGESTED, IngestWorker
-from service.app import create_app
+from tests.clients import keyed_client
 from tests.helpers import make_pdf
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import ApiKeys
+from verity.core.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +56,9 @@ def globex(retrieval_runtime: Runtime) -> Tenant:
     return _tenant(retrieval_runtime)
 
 
-def _app(runtime: Runtime, **server: object) -> TestClient:
-    settings = runtime.settings.model_copy(update={"server": runtime.settings.server.model_copy(
-        update={"auth": True, **server})})
-    return TestClient(create_app(settings, runtime=replace(runtime, settings=settings)))
-
-
 @pytest.fixture(scope="module")
 def client(retrieval_runtime: Runtime) -> Iterator[TestClient]:
-    with _app(retrieval_runtime) as c:
+    with keyed_client(retrieval_runtime) as c:
         yield c
 
 
@@ -89,13 +84,14 @@ def _upload(client: TestClient, key: str, collection: str, files: dict[str, byte
 
 
 def _ingest(client: TestClient, worker: IngestWorker, key: str, collection: str,
-            files: dict[str, bytes], **form: str) -> dict:
+            files: dict[str, bytes], **form: str) -> dict[str, Any]:
     job_id = _upload(client, key, collection, files, **form)
     worker.run_pending()
-    return client.get(f"/v1/jobs/{job_id}", headers=_auth(key)).json()
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=_auth(key)).json()
+    return job
 
 
-def _sources(client: TestClient, key: str, collection: str, **params: object) -> list[str]:
+def _sources(client: TestClient, key: str, collection: str, **params: str | int) -> list[str]:
     r = client.get("/v1/documents", headers=_auth(key), params={"collection": collection, **params})
     assert r.status_code == 200, r.text
     return [d["source"] for d in r.json()["documents"]]
@@ -178,9 +174,10 @@ def test_group_restricted_documents_are_not_listed_or_counted_for_outsiders(
                         params={"collection": collection}).json()["documents"][1]
     assert sorted(hr_doc["groups"]) == ["finance", "hr"]
 
-    def counts(key: str) -> dict:
+    def counts(key: str) -> dict[str, Any]:
         r = client.get("/v1/collections", headers=_auth(key))
-        return next(c for c in r.json()["collections"] if c["name"] == collection)
+        collections: list[dict[str, Any]] = r.json()["collections"]
+        return next(c for c in collections if c["name"] == collection)
 
     assert counts(acme.hr)["documents"] == 2 and counts(acme.eng)["documents"] == 1
     assert counts(acme.eng)["chunks"] < counts(acme.hr)["chunks"]
@@ -301,7 +298,7 @@ def test_uploads_over_the_limit_are_413(retrieval_runtime: Runtime, acme: Tenant
             yield b"x" * 1000
         yield b"\r\n--B--\r\n"
 
-    with _app(retrieval_runtime, max_upload_mb=0.01) as c:
+    with keyed_client(retrieval_runtime, max_upload_mb=0.01) as c:
         declared = c.post("/v1/documents", headers=_auth(acme.admin),
                           data={"collection": collection}, files=big)
         streamed = c.post("/v1/documents", content=chunked(), headers={

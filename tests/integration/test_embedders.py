@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder, use_bfloat16
-from core.settings import EmbedderSettings
+from verity.backends.embedders import SentenceTransformerEmbedder, use_bfloat16
+from verity.core.settings import EmbedderSettings
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +18,8 @@ TEXTS = [
 
 
 def test_bfloat16_vectors_match_float32_ones() -> None:
-    float32 = SentenceTransformerEmbedder(EmbedderSettings(precision="float32"))
-    bfloat16 = SentenceTransformerEmbedder(EmbedderSettings(precision="bfloat16"))
+    float32 = SentenceTransformerEmbedder(EmbedderSettings(backend="torch", precision="float32"))
+    bfloat16 = SentenceTransformerEmbedder(EmbedderSettings(backend="torch", precision="bfloat16"))
     assert (float32.precision, bfloat16.precision) == ("float32", "bfloat16")
     a, b = float32.embed_documents(TEXTS), bfloat16.embed_documents(TEXTS)
     assert a.dtype == b.dtype == np.float32

@@ -17,15 +17,16 @@ from typing import Any
 
 import pytest
 
-from core.types import Answer, Citation
 from eval.datasets import load_beir
 from eval.qa import score
 from eval.qa import write_reports as write_qa_reports
 from eval.qa_datasets import QADataset, QAExample
 from eval.report import provenance, write_reports
 from eval.retrieval import evaluate_retrieval
+from tests.fakes import WordEmbedder, word_store
 from tests.helpers import write_beir
-from tests.unit.test_eval_retrieval import QRELS, QUERIES, ListStore, WordEmbedder
+from tests.unit.test_eval_retrieval import QRELS, QUERIES
+from verity.core.types import Answer, Citation
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +74,8 @@ def render_in_chromium(page: Path, tmp_path: Path) -> dict[str, Any]:
 def test_retrieval_report_renders_tables_plots_and_drilldown(tmp_path: Path) -> None:
     # Named scifact so the published numbers are shown beside the measured ones.
     data = replace(load_beir(write_beir(tmp_path / "scifact")), queries=QUERIES, qrels=QRELS)
-    result = evaluate_retrieval(store=ListStore([("d1", "cat cat"), ("d1", "fish"), ("d2", "dog"),
-                                                 ("d3", "bird dog")]),
+    result = evaluate_retrieval(store=word_store([("d1", "cat cat"), ("d1", "fish"), ("d2", "dog"),
+                                                  ("d3", "bird dog")]),
                                 embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
                                 collection="c", modes=["dense-float32", "dense-binary-rescore"],
                                 depth=10, oversample=3, metrics=["ndcg@10", "recall@100", "map"])

@@ -43,7 +43,7 @@ def test_matrix_run_with_judge_resumes_and_compares(tmp_path: Path) -> None:
     # Patient with a loaded machine (an answer that times out is not cached and the cache check
     # below would fail), and short answers to keep the run short.
     env.update(VERITY_LLM__TIMEOUT_S="900", VERITY_LLM__MAX_TOKENS="64")
-    args = [sys.executable, "-m", "cli", "eval", "qa", "--dataset", str(dataset), "--matrix",
+    args = [sys.executable, "-m", "verity.cli", "eval", "qa", "--dataset", str(dataset), "--matrix",
             str(matrix), "--limit", "1", "--out", str(tmp_path / "run1"),
             "--fail-if", "citation_validity < 0"]
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1500,
@@ -88,7 +88,7 @@ def test_answers_are_cached_under_the_settings_that_produced_them(tmp_path: Path
     dataset = tmp_path / "tiny.jsonl"
     dataset.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     env = _env(tmp_path / "data")
-    args = [sys.executable, "-m", "cli", "eval", "qa", "--dataset", str(dataset), "--configs",
+    args = [sys.executable, "-m", "verity.cli", "eval", "qa", "--dataset", str(dataset), "--configs",
             "rag,crag", "--no-generate", "--judge", "none", "--out", str(tmp_path / "run")]
     cache = tmp_path / "run" / "cache-decisions"
 

@@ -19,7 +19,7 @@ from tests.integration.test_eval_retrieval import DOCS, QRELS, QUERIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-VERITY = [sys.executable, "-m", "cli"]
+VERITY = [sys.executable, "-m", "verity.cli"]
 
 
 @pytest.fixture(scope="module")

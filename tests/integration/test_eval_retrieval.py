@@ -11,20 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.models import resolve_embedder
-from core.rerank_training import new_cross_encoder
-from core.rerankers import CrossEncoderReranker
-from core.settings import BUNDLED_EMBEDDER, ChunkingSettings, FaissSettings, RerankSettings
-from core.stores.database import Database
-from core.stores.faiss_index import FaissAccelerator
-from core.stores.pgvector_store import PgvectorStore
 from eval.datasets import load_beir
 from eval.retrieval import MODES as ALL_MODES
-from eval.retrieval import RerankSetup, evaluate_retrieval, faiss_int8_searcher, mode_index_bytes
+from eval.retrieval import (
+    ModeResult,
+    RerankSetup,
+    evaluate_retrieval,
+    faiss_int8_searcher,
+    mode_index_bytes,
+)
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline
 from tests.helpers import write_beir
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.models import resolve_embedder
+from verity.backends.rerankers import CrossEncoderReranker
+from verity.backends.stores.database import Database
+from verity.backends.stores.faiss_index import FaissAccelerator
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.settings import BUNDLED_EMBEDDER, ChunkingSettings, FaissSettings, RerankSettings
+from verity.tuner.reranker import new_cross_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +61,7 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def test_title_queries_retrieve_their_document_first(
-    dataset: Path, store: PgvectorStore, embedder: SentenceTransformerEmbedder, collection: str
+    dataset: Path, store: PgvectorStore, embedder: LocalEmbedder, collection: str
 ) -> None:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
     first = pipeline.ingest_documents(load_beir_corpus(dataset, fingerprint=pipeline.fingerprint),
@@ -88,7 +94,7 @@ def untrained_reranker(tmp_path_factory: pytest.TempPathFactory) -> CrossEncoder
 
 
 def test_every_mode_runs_on_the_real_backends(
-    dataset: Path, store: PgvectorStore, embedder: SentenceTransformerEmbedder, collection: str,
+    dataset: Path, store: PgvectorStore, embedder: LocalEmbedder, collection: str,
     database: Database, tmp_path: Path, untrained_reranker: CrossEncoderReranker,
 ) -> None:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
@@ -98,7 +104,7 @@ def test_every_mode_runs_on_the_real_backends(
     int8 = faiss_int8_searcher(accelerator, store, collection=collection)
     data = load_beir(dataset)
 
-    def run(weight: float) -> dict[str, object]:
+    def run(weight: float) -> dict[str, ModeResult]:
         rerank = RerankSetup(reranker=untrained_reranker, top_n=3, fusion="interpolate",
                              weight=weight)
         sizes = mode_index_bytes(ALL_MODES, store=store, collection=collection,
@@ -129,7 +135,7 @@ def test_cli_writes_reports_and_reingests_nothing(dataset: Path, tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
     env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
     out = tmp_path / "reports"
-    args = [sys.executable, "-m", "cli", "eval", "retrieval", "--dataset", str(dataset),
+    args = [sys.executable, "-m", "verity.cli", "eval", "retrieval", "--dataset", str(dataset),
             "--collection", "tiny", "--out", str(out), "--modes", ",".join(CLI_MODES),
             "--depth", "10"]
     runs = [subprocess.run(args, env=env, capture_output=True, text=True, timeout=300,
@@ -151,7 +157,7 @@ def test_cli_names_the_missing_file(tmp_path: Path, dataset: Path) -> None:
     (dataset / "queries.jsonl").unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
     env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-m", "cli", "eval", "retrieval", "--dataset",
+    run = subprocess.run([sys.executable, "-m", "verity.cli", "eval", "retrieval", "--dataset",
                           str(dataset), "--collection", "tiny", "--out", str(tmp_path / "r")],
                          env=env, capture_output=True, text=True, timeout=120,
                          stdin=subprocess.DEVNULL)

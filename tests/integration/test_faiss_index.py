@@ -5,20 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from core.settings import FaissSettings
-from core.stores.database import Database
-from core.stores.faiss_index import FaissAccelerator, read_collection, search_exact
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Chunk, Document, Section, chunk_id, document_id
+from verity.backends.stores.database import Database
+from verity.backends.stores.faiss_index import FaissAccelerator, read_collection
+from verity.backends.stores.faiss_search import search_exact
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.settings import FaissSettings
+from verity.core.types import Chunk, Document, Section, chunk_id, document_id
 
 pytestmark = pytest.mark.integration
 
 
-def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+def _unit(rng: np.random.Generator, n: int, dim: int) -> npt.NDArray[np.float32]:
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
 
 
 def _write(store: PgvectorStore, collection: str, source: str, vectors: np.ndarray,

@@ -15,23 +15,23 @@ from typing import Any, LiteralString
 
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import LoaderError
-from core.settings import ChunkingSettings, StoreSettings
-from core.stores.database import Database
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, Section
 from ingest.attributes import DocumentAttributes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline, discover
 from tests.conftest import DOCS
 from tests.helpers import VERITY, cli_env, make_docx, make_pdf, make_pptx, processes_using
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.stores.database import Database
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.errors import LoaderError
+from verity.core.settings import ChunkingSettings, StoreSettings
+from verity.core.types import Document, Section
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def pipeline(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> IngestPipeline:
+def pipeline(store: PgvectorStore, embedder: LocalEmbedder) -> IngestPipeline:
     return IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
 
 
@@ -106,7 +106,7 @@ def test_discover_names_sources_by_their_root(tmp_path: Path) -> None:
 
 
 def test_chunks_respect_the_token_budget(
-    pipeline: IngestPipeline, embedder: SentenceTransformerEmbedder, tmp_path: Path
+    pipeline: IngestPipeline, embedder: LocalEmbedder, tmp_path: Path
 ) -> None:
     p = tmp_path / "long.txt"
     p.write_text(" ".join(f"word{i}" for i in range(3000)))
@@ -323,7 +323,8 @@ def _ingest_cli(corpus: Path, data_dir: Path) -> dict[str, Any]:
     result = subprocess.run(VERITY + ["ingest", str(corpus), "--json"], env=cli_env(data_dir),
                             capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def _query(db: Database, sql: LiteralString) -> set[tuple[Any, ...]]:
@@ -358,7 +359,7 @@ def _wait_until_partly_written(proc: subprocess.Popen[str], db: Database) -> int
 
 @pytest.mark.slow
 def test_ingest_killed_midway_resumes_to_the_rows_of_a_clean_run(
-    embedder: SentenceTransformerEmbedder, tmp_path: Path
+    embedder: LocalEmbedder, tmp_path: Path
 ) -> None:
     corpus = _write_notes(tmp_path / "notes")
     killed, clean = tmp_path / "killed", tmp_path / "clean"

@@ -1,18 +1,19 @@
-"""The job queue (core/jobs.py) and the worker (ingest/worker.py) against the embedded Postgres."""
+"""The job queue (verity/backends/stores/jobs.py) and the worker (ingest/worker.py) against the
+embedded Postgres."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import NotFoundError
-from core.jobs import STALE_ERROR, JobQueue
-from core.settings import ChunkingSettings, WorkerSettings
-from core.stores.database import Database
-from core.stores.pgvector_store import PgvectorStore
-from core.types import JobProgress, UploadedFile
 from ingest.worker import IngestWorker
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.stores.database import Database
+from verity.backends.stores.jobs import STALE_ERROR, JobQueue
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.errors import NotFoundError
+from verity.core.settings import ChunkingSettings, WorkerSettings
+from verity.core.types import JobProgress, UploadedFile
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def test_a_job_that_keeps_going_stale_fails(
 
 
 def test_a_stopping_worker_puts_its_job_back(
-    queue: JobQueue, database: Database, embedder: SentenceTransformerEmbedder, collection: str
+    queue: JobQueue, database: Database, embedder: LocalEmbedder, collection: str
 ) -> None:
     job_id = _enqueue(queue, collection)
     worker = IngestWorker(db=database, embedder=embedder, chunking=ChunkingSettings(),
@@ -104,7 +105,7 @@ def test_a_stopping_worker_puts_its_job_back(
 
 
 def test_a_collection_built_with_another_embedder_fails_the_job(
-    queue: JobQueue, database: Database, embedder: SentenceTransformerEmbedder, collection: str
+    queue: JobQueue, database: Database, embedder: LocalEmbedder, collection: str
 ) -> None:
     PgvectorStore(database, tenant="jobs-test").create_collection(
         collection, embed_model="some-other-model", embed_dim=384)

@@ -24,16 +24,16 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from core.auth import ApiKeys
-from core.generators import OpenAIChatGenerator
-from core.llama_server import free_port
-from core.runtime import Runtime
-from core.settings import ChunkingSettings, LLMSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, Section
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import make_settings
+from verity.answering.runtime import Runtime
+from verity.backends.generators import OpenAIChatGenerator
+from verity.backends.llama_server import free_port
+from verity.backends.stores.api_keys import ApiKeys
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.settings import ChunkingSettings, LLMSettings
+from verity.core.types import Document, Section
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

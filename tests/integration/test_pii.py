@@ -5,12 +5,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from core.protocols import Generation, Generator
-from core.rag import RagPipeline
-from core.runtime import Runtime
-from core.settings import ChunkingSettings, PiiSettings
-from core.types import Document, Section
 from ingest.pipeline import IngestPipeline
+from verity.answering.pipeline import RagPipeline
+from verity.answering.runtime import Runtime
+from verity.core.protocols import Generation, Generator
+from verity.core.settings import ChunkingSettings, PiiSettings
+from verity.core.types import Answer, Document, Section
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,7 @@ def test_model_never_sees_personal_data_and_the_answer_gets_it_back(
     if stream:
         items = list(rag.stream(prepared))
         answer = items[-1]
+        assert isinstance(answer, Answer)
         streamed = "".join(i for i in items if isinstance(i, str))
         assert "<EMAIL_" not in streamed
     else:

@@ -6,16 +6,17 @@ from collections.abc import Sequence
 
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.prompts import PromptLibrary
-from core.rag import RagPipeline, Timer
-from core.rerankers import RemoteRerankReranker, apply_scores, rerank_text
-from core.settings import ChunkingSettings, RerankSettings, RetrievalSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, ScoredChunk, Section
 from ingest.pipeline import IngestPipeline
 from tests.fakes import overlap, rerank_app
 from tests.helpers import serve_app
+from verity.answering.pipeline import RagPipeline, Timer
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.rerankers import RemoteRerankReranker, apply_scores, rerank_text
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.prompts import PromptLibrary
+from verity.core.protocols import Reranker
+from verity.core.settings import ChunkingSettings, RerankSettings, RetrievalSettings
+from verity.core.types import Document, ScoredChunk, Section
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ class LastFirstReranker:
 
 
 @pytest.fixture(scope="module")
-def notes(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
+def notes(store: PgvectorStore, embedder: LocalEmbedder) -> str:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
     docs = [Document(source=s, title=s.removesuffix(".md"), sections=(Section(t),),
                      content_hash=f"h-{s}") for s, t in NOTES.items()]
@@ -53,15 +54,15 @@ def notes(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
     return "rag-rerank-notes"
 
 
-def _pipeline(store: PgvectorStore, embedder: SentenceTransformerEmbedder, reranker: object = None,
-              top_n: int = 4, fusion: str = "replace") -> RagPipeline:
+def _pipeline(store: PgvectorStore, embedder: LocalEmbedder,
+              reranker: Reranker | None = None, top_n: int = 4, fusion: str = "replace") -> RagPipeline:
     return RagPipeline(store=store, embedder=embedder, generator=None, prompts=PromptLibrary.load(),
-                       settings=RetrievalSettings(top_k=3), reranker=reranker,  # type: ignore[arg-type]
+                       settings=RetrievalSettings(top_k=3), reranker=reranker,
                        rerank_top_n=top_n, rerank_fusion=fusion)
 
 
 def test_rerank_stage_reorders_the_fused_candidates(
-    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+    store: PgvectorStore, embedder: LocalEmbedder, notes: str
 ) -> None:
     a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
     timer = Timer({})
@@ -73,7 +74,7 @@ def test_rerank_stage_reorders_the_fused_candidates(
 
 
 def test_rrf_rerank_fusion_blends_the_two_orders(
-    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+    store: PgvectorStore, embedder: LocalEmbedder, notes: str
 ) -> None:
     a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
     ranked = _pipeline(store, embedder, LastFirstReranker(), top_n=4, fusion="rrf").retrieve(
@@ -85,7 +86,7 @@ def test_rrf_rerank_fusion_blends_the_two_orders(
 
 
 def test_interpolate_rerank_fusion_weighs_the_two_stages(
-    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+    store: PgvectorStore, embedder: LocalEmbedder, notes: str
 ) -> None:
     a, b, c, d = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=4)
 
@@ -103,7 +104,7 @@ def test_interpolate_rerank_fusion_weighs_the_two_stages(
 
 
 def test_remote_reranker_in_the_pipeline(
-    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str
+    store: PgvectorStore, embedder: LocalEmbedder, notes: str
 ) -> None:
     candidates = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=5)
     with serve_app(rerank_app()) as url:
@@ -116,7 +117,7 @@ def test_remote_reranker_in_the_pipeline(
 
 
 def test_a_failing_reranker_keeps_the_first_stage_order(
-    store: PgvectorStore, embedder: SentenceTransformerEmbedder, notes: str,
+    store: PgvectorStore, embedder: LocalEmbedder, notes: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     first = _pipeline(store, embedder).retrieve(QUESTION, collection=notes, top_k=3)

@@ -10,16 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.errors import ConfigError
-from core.settings import ChunkingSettings
-from core.stores.database import Database
-from core.stores.pgvector_store import PgvectorStore
 from ingest import ray_engine
 from ingest.attributes import DocumentAttributes
 from ingest.beir import load_beir_corpus
 from ingest.pipeline import IngestPipeline
 from ingest.ray_engine import RayOptions
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.stores.database import Database
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.errors import ConfigError
+from verity.core.settings import ChunkingSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def ray_cluster() -> Any:
 
 def test_ray_writes_the_chunks_the_local_engine_writes(
     ray_cluster: Any, store: PgvectorStore, database: Database,
-    embedder: SentenceTransformerEmbedder, tmp_path: Path, collection: str,
+    embedder: LocalEmbedder, tmp_path: Path, collection: str,
 ) -> None:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
     files, beir = _files(tmp_path / "files"), _beir(tmp_path / "beir")
@@ -98,11 +98,15 @@ def test_ray_writes_the_chunks_the_local_engine_writes(
     assert sorted(beir_report.added) == ["d1", "d2"]
     assert _rows(database, CHUNKS, collection) == expected
     ray_vectors = dict(_rows(database, VECTORS, collection))
+    # int8 ONNX (the default) quantizes activations with one scale per batch, so a chunk's
+    # vector moves a little with the other texts of its batch, and the engines batch
+    # differently (0.991 measured here); float vectors agree to 0.999.
+    floor = 0.98 if embedder.precision == "int8" else 0.999
     for chunk_id, vector in ray_vectors.items():
-        assert float(np.dot(vector, local_vectors[chunk_id])) > 0.999
+        assert float(np.dot(vector, local_vectors[chunk_id])) > floor
 
 
 def test_without_ray_the_engine_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'verity\[ray\]'"):
-        ray_engine.ingest_beir(None, [], collection="c")  # type: ignore[arg-type]
+        ray_engine.ingest_beir(None, [], collection="c")  # type: ignore[arg-type]  # never reached

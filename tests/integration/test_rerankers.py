@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from core.embedders import SentenceTransformerEmbedder
-from core.llama_server import LlamaCppServer
-from core.models import resolve_embedder
-from core.prompts import PromptLibrary
-from core.rerank_training import REPORT_NAME, TuneOptions, load_heldout, tune_reranker
-from core.rerankers import CrossEncoderReranker, LlmJudgeReranker, build_reranker, default_reranker_dir
-from core.settings import BUNDLED_EMBEDDER, ChunkingSettings, RerankSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Chunk, ScoredChunk
 from ingest.pipeline import IngestPipeline
 from tests.conftest import DOCS
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.llama_server import LlamaCppServer
+from verity.backends.models import resolve_embedder
+from verity.backends.rerankers import (
+    CrossEncoderReranker,
+    LlmJudgeReranker,
+    build_reranker,
+    default_reranker_dir,
+)
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.prompts import PromptLibrary
+from verity.core.settings import BUNDLED_EMBEDDER, ChunkingSettings, RerankSettings
+from verity.core.types import Chunk, ScoredChunk
+from verity.tuner.reranker import REPORT_NAME, TuneOptions, load_heldout, tune_reranker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,15 +32,15 @@ TINY = TuneOptions(max_pairs=16, negatives=1, heldout=4, batch_groups=4, max_len
 
 
 @pytest.fixture(scope="module")
-def docs_collection(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
+def docs_collection(store: PgvectorStore, embedder: LocalEmbedder) -> str:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
     assert pipeline.run([DOCS], collection="rerank-docs").ok
     return "rerank-docs"
 
 
 @pytest.fixture(scope="module")
-def tuned(store: PgvectorStore, embedder: SentenceTransformerEmbedder, docs_collection: str,
-          tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def tuned(store: PgvectorStore, embedder: LocalEmbedder, docs_collection: str,
+          tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A data dir holding a reranker tuned for two steps on the docs (a few seconds)."""
     data_dir = tmp_path_factory.mktemp("rerank-data")
     report = tune_reranker(store, embedder, collection=docs_collection, options=TINY,
@@ -48,7 +54,7 @@ def _hit(i: int, text: str) -> ScoredChunk:
                        score=0.0, source=f"d{i}.md", scores={"rrf": 0.0})
 
 
-def test_tuning_saves_a_model_and_its_report(tuned: tuple[Path, dict]) -> None:
+def test_tuning_saves_a_model_and_its_report(tuned: tuple[Path, dict[str, Any]]) -> None:
     data_dir, report = tuned
     saved = json.loads((default_reranker_dir(data_dir) / REPORT_NAME).read_text())
     assert saved == report
@@ -63,7 +69,7 @@ def test_tuning_saves_a_model_and_its_report(tuned: tuple[Path, dict]) -> None:
 
 
 def test_cross_encoder_loads_the_tuned_model_by_default(
-    tuned: tuple[Path, dict], store: PgvectorStore, docs_collection: str
+    tuned: tuple[Path, dict[str, Any]], store: PgvectorStore, docs_collection: str
 ) -> None:
     data_dir, _ = tuned
     reranker = build_reranker(RerankSettings(kind="cross-encoder", max_length=96),

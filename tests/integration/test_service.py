@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from core.generators import OpenAIChatGenerator
-from core.llama_server import free_port
-from core.runtime import Runtime
-from core.settings import ChunkingSettings, LLMSettings
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import DOCS
+from verity.answering.runtime import Runtime
+from verity.backends.generators import OpenAIChatGenerator
+from verity.backends.llama_server import free_port
+from verity.core.settings import ChunkingSettings, LLMSettings
 
 pytestmark = pytest.mark.integration
 
@@ -67,11 +67,34 @@ def test_unknown_collection_is_404_in_the_error_schema(client: TestClient) -> No
 
 @pytest.mark.parametrize("body", [{}, {"question": ""}, {"question": "x", "top_k": 0},
                                   {"question": "x", "collection": "../etc"}])
-def test_invalid_requests_are_422_without_internals(client: TestClient, body: dict) -> None:
+def test_invalid_requests_are_422_without_internals(client: TestClient, body: dict[str, object]) -> None:
     r = client.post("/v1/query", json=body)
     assert r.status_code == 422
     error = r.json()["error"]
     assert error["type"] == "invalid_request" and "Traceback" not in error["message"]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/query", {"question": "x", "filter": {"dept": "hr"}}),
+    ("/v1/search", {"query": "x", "filter": {"dept": "hr"}}),
+    ("/v1/collections", {"name": "misspelt", "embeder": "x"}),
+])
+def test_unknown_fields_are_refused_by_name(client: TestClient, path: str,
+                                            body: dict[str, object]) -> None:
+    """A misspelt "filter" must not silently return unfiltered results."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request"
+    unknown = next(k for k in body if k not in {"question", "query", "name"})
+    assert f"body.{unknown}" in error["message"] and "not permitted" in error["message"]
+
+
+def test_the_openai_route_tolerates_openais_own_optional_fields(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json={
+        "model": "nope", "messages": [{"role": "user", "content": "hi"}],
+        "presence_penalty": 0, "logit_bias": {}, "user": "someone", "n": 1})
+    assert r.status_code == 404, r.text  # the unknown collection, not the extra fields
 
 
 def test_health_and_readiness(client: TestClient) -> None:

@@ -1,10 +1,18 @@
+import time
+from dataclasses import replace
+from typing import Literal
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from core.errors import ConfigError, NotFoundError
-from core.stores.pgvector_store import PgvectorStore
-from core.types import (
+from verity.backends.stores.database import Database
+from verity.backends.stores.pgvector_sql import binary_index_name
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.errors import ConfigError, NotFoundError
+from verity.core.types import (
     Chunk,
+    DenseMode,
     Document,
     MetadataCondition,
     SearchFilter,
@@ -99,7 +107,7 @@ def test_unknown_collection_is_not_found(store: PgvectorStore) -> None:
         store.search_dense(collection="never-made", query=np.ones(DIM, np.float32), top_k=1)
 
 
-def test_tenants_do_not_see_each_other(store: PgvectorStore, database, collection: str) -> None:
+def test_tenants_do_not_see_each_other(store: PgvectorStore, database: Database, collection: str) -> None:
     rng = np.random.default_rng(2)
     other = PgvectorStore(database, tenant="other")
     store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
@@ -129,7 +137,8 @@ def test_bm25_ranks_by_term_rarity_and_frequency(store: PgvectorStore, collectio
 
 
 def _write(store: PgvectorStore, collection: str, source: str, texts: list[str],
-           vectors: np.ndarray, *, groups: tuple[str, ...] = (), metadata: dict | None = None) -> None:
+           vectors: np.ndarray, *, groups: tuple[str, ...] = (),
+           metadata: dict[str, object] | None = None) -> None:
     did = document_id(collection=f"{store.tenant}/{collection}", source=source)
     doc = Document(source=source, title=source, content_hash=f"h-{source}",
                    sections=tuple(Section(t) for t in texts), acl_groups=groups,
@@ -155,11 +164,15 @@ def restricted(store: PgvectorStore, collection: str) -> tuple[str, np.ndarray]:
     return collection, secret[0]
 
 
-@pytest.mark.parametrize("mode", ["float", "binary", "binary-rescore", "bm25"])
+@pytest.mark.parametrize(("mode", "exact_scan_chunks"), [
+    ("float", 0), ("binary", 0), ("binary-rescore", 0), ("binary-rescore", 1000), ("bm25", 0)])
 def test_acl_restricted_chunks_never_reach_outsiders(
-    store: PgvectorStore, restricted: tuple[str, np.ndarray], mode: str
+    store: PgvectorStore, restricted: tuple[str, np.ndarray], mode: DenseMode | Literal["bm25"],
+    exact_scan_chunks: int,
 ) -> None:
+    """binary-rescore takes the HNSW index (0) or, with few chunks visible, the exact scan."""
     collection, secret_vector = restricted
+    store.exact_scan_chunks = exact_scan_chunks
 
     def search(where: SearchFilter | None) -> list[str]:
         if mode == "bm25":
@@ -192,29 +205,129 @@ def test_bm25_statistics_ignore_invisible_chunks(
     assert same_chunk[0].score != pytest.approx(outside[0].score)
 
 
-@pytest.mark.parametrize(("conditions", "expected"), [
-    ((MetadataCondition("dept", "eq", "all"),), {"handbook.md"}),
-    ((MetadataCondition("dept", "in", ["hr", "x"]),), {"salaries.md"}),
-    ((MetadataCondition("year", "gte", 2021),), {"salaries.md"}),
-    ((MetadataCondition("year", "lt", 2021), MetadataCondition("dept", "eq", "all")),
-     {"handbook.md"}),
-    ((MetadataCondition("year", "gt", 3000),), set()),
-    # Keys are parameters, so psycopg's placeholder syntax in them is just text.
-    ((MetadataCondition("50% off", "in", ["x"]),), set()),
-    ((MetadataCondition("%(f_0)s é%", "gte", 1), MetadataCondition("%s", "lt", "z")), set()),
-])
-def test_metadata_filters(store: PgvectorStore, restricted: tuple[str, np.ndarray],
-                          conditions: tuple[MetadataCondition, ...], expected: set[str]) -> None:
-    collection, vector = restricted
-    where = SearchFilter(conditions=conditions)
-    dense = store.search_dense(collection=collection, query=vector, top_k=50, where=where)
-    lexical = store.search_lexical(collection=collection, query="salary", top_k=50, where=where)
-    assert {h.source for h in dense} == expected == {h.source for h in lexical}
-
-
 def test_bad_filters_are_value_errors(store: PgvectorStore, restricted: tuple[str, np.ndarray]) -> None:
     collection, vector = restricted
     for cond in [MetadataCondition("dept", "in", []), MetadataCondition("year", "gt", [1])]:
         with pytest.raises(ValueError):
             store.search_dense(collection=collection, query=vector, top_k=5,
                                where=SearchFilter(conditions=(cond,)))
+
+
+@pytest.mark.parametrize("where", [
+    SearchFilter(groups=("hr",)),
+    SearchFilter(conditions=(MetadataCondition("dept", "eq", "hr"),)),
+], ids=["acl", "metadata"])
+def test_binary_rescore_fills_top_k_through_a_selective_filter(
+    store: PgvectorStore, database: Database, collection: str, where: SearchFilter
+) -> None:
+    """1% of the chunks are visible, and all of them are farther than the invisible ones.
+
+    The first ``top_k x oversample`` codes the HNSW graph yields are all invisible, so
+    the index scan must keep walking until it has found enough visible ones.
+    """
+    dim = 64
+    rng = np.random.default_rng(5)
+
+    def unit(vectors: np.ndarray) -> npt.NDArray[np.float32]:
+        normed: npt.NDArray[np.float32] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+                                           ).astype(np.float32)
+        return normed
+
+    query = np.full(dim, 1 / np.sqrt(dim), dtype=np.float32)
+    store.ensure_collection(collection, embed_model="test", embed_dim=dim)
+    for d in range(20):  # 1980 invisible chunks in random directions
+        _write(store, collection, f"eng-{d}.md", [f"eng {d}.{i}" for i in range(99)],
+               unit(rng.normal(size=(99, dim))), groups=("eng",), metadata={"dept": "eng"})
+    # 20 visible one-chunk documents, pointing away from the query.
+    far = unit(rng.normal(size=(20, dim)) / np.sqrt(dim) - 2 * query)
+    for j in range(20):
+        _write(store, collection, f"hr-{j}.md", [f"hr {j}"], far[j:j + 1], groups=("hr",),
+               metadata={"dept": "hr"})
+    # Half the documents are visible, so the planner expects half the chunks to be and
+    # walks the HNSW index rather than filtering first.
+    with database.pool.connection() as conn:
+        conn.execute("ANALYZE chunks, documents")
+
+    exact = store.search_dense(collection=collection, query=query, top_k=5, where=where)
+    store.exact_scan_chunks = 0  # the HNSW index's iterative scan, not the exact path
+    rescored = store.search_dense(collection=collection, query=query, top_k=5,
+                                  mode="binary-rescore", where=where)
+    assert len(exact) == 5 and all(h.chunk.text.startswith("hr ") for h in exact)
+    assert [h.chunk.text for h in rescored] == [h.chunk.text for h in exact]
+
+
+def test_binary_rescore_scans_exactly_when_a_filter_leaves_few_chunks(
+    store: PgvectorStore, database: Database, collection: str
+) -> None:
+    """Below ``exact_scan_chunks`` visible chunks (the planner's estimate) the HNSW index is
+    not searched at all: its scan count, in PostgreSQL's statistics, shows which path ran."""
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(6000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    # Half the documents are hr's, so the planner walks the index for hr unless told not to
+    # (6,000 chunks: with fewer, sorting them all looks cheaper to it than the graph walk).
+    for d in range(20):
+        _write(store, collection, f"eng-{d}.md", [f"eng {d}.{i}" for i in range(299)],
+               vectors[d * 299:(d + 1) * 299], groups=("eng",))
+        _write(store, collection, f"hr-{d}.md", [f"hr {d}"], vectors[5980 + d:5981 + d],
+               groups=("hr",))
+    with database.pool.connection() as conn:
+        conn.execute("ANALYZE chunks, documents")
+        index = binary_index_name(store._collection(conn, collection)[0])
+
+    def index_scans(at_least: int) -> int:
+        """The index's scan count once it reaches ``at_least`` (statistics lag by about 1 s)."""
+        deadline = time.monotonic() + 10
+        while True:
+            with database.pool.connection() as conn:
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                row = conn.execute("SELECT idx_scan FROM pg_stat_user_indexes "
+                                   "WHERE indexrelname = %s", [index]).fetchone()
+            scans = int(row[0]) if row else 0
+            if scans >= at_least or time.monotonic() > deadline:
+                return scans
+            time.sleep(0.2)
+
+    hr = SearchFilter(groups=("hr",))
+    exact = store.search_dense(collection=collection, query=vectors[5985], top_k=3, where=hr)
+    before = index_scans(0)
+    for threshold in [5000, 5000, 0]:  # two exact scans, then one through the index
+        store.exact_scan_chunks = threshold
+        hits = store.search_dense(collection=collection, query=vectors[5985], top_k=3,
+                                  mode="binary-rescore", where=hr)
+        assert hits == [replace(h, scores={"dense_binary-rescore": h.score}) for h in exact]
+    assert index_scans(before + 1) == before + 1
+    time.sleep(1.5)  # a scan by the two exact searches would be counted by now
+    assert index_scans(0) == before + 1
+
+
+def test_bulk_load_builds_an_empty_collections_index_after_the_writes(
+    store: PgvectorStore, database: Database, collection: str
+) -> None:
+    rng = np.random.default_rng(7)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    with database.pool.connection() as conn:
+        index = binary_index_name(store._collection(conn, collection)[0])
+
+    def indexed() -> bool:
+        with database.pool.connection() as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [index]).fetchone() == (True,)
+
+    doc, chunks, vectors = _doc("a.md", ["alpha", "beta"], store, collection, rng)
+    with store.bulk_load(collection):
+        assert not indexed()
+        store.write_document(collection=collection, document=doc, chunks=chunks, embeddings=vectors)
+        hits = store.search_dense(collection=collection, query=vectors[1], top_k=1,
+                                  mode="binary-rescore")
+        assert hits[0].chunk.text == "beta"  # found without the index too
+    assert indexed()
+    with store.bulk_load(collection):  # not empty: the index stays
+        assert indexed()
+    store.delete_document(collection=collection, source="a.md")
+    with pytest.raises(RuntimeError, match="failed"), store.bulk_load(collection):
+        assert not indexed()
+        raise RuntimeError("a write failed")
+    assert indexed()
+    with pytest.raises(NotFoundError), store.bulk_load("missing"):
+        pass

@@ -10,14 +10,14 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from core.generators import CircuitBreaker, OpenAIChatGenerator
-from core.llama_server import LlamaCppServer
-from core.runtime import Runtime
-from core.settings import ChunkingSettings, LLMSettings
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import DOCS
 from tests.helpers import sse_events as events
+from verity.answering.runtime import Runtime
+from verity.backends.generators import CircuitBreaker, OpenAIChatGenerator
+from verity.backends.llama_server import LlamaCppServer
+from verity.core.settings import ChunkingSettings, LLMSettings
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_breaker_opens_after_repeated_failures() -> None:
     gen = CircuitBreaker(OpenAIChatGenerator(LLMSettings(model="m", timeout_s=2),
                                              base_url="http://127.0.0.1:9/v1"),
                          failures=2, reset_s=30, clock=lambda: now[0])
-    from core.errors import GenerationError
+    from verity.core.errors import GenerationError
 
     for _ in range(2):
         with pytest.raises(GenerationError, match="failed"):

@@ -9,16 +9,17 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from core.auth import ApiKeys
-from core.logs import JsonFormatter
-from core.runtime import Runtime
-from core.settings import ChunkingSettings
-from core.stores.pgvector_store import PgvectorStore
-from core.types import Document, Section
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import ApiKeys
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.logs import JsonFormatter
+from verity.core.settings import ChunkingSettings
+from verity.core.types import Document, Section
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,7 @@ def test_a_request_id_is_made_when_none_or_an_unsafe_one_is_sent(client: TestCli
 def test_errors_carry_the_request_id(retrieval_runtime: Runtime, caplog: pytest.LogCaptureFixture
                                      ) -> None:
     app = _app(retrieval_runtime).app
+    assert isinstance(app, FastAPI)
 
     @app.get("/boom")
     def boom() -> None:

@@ -27,19 +27,19 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from core.embedders import SentenceTransformerEmbedder
-from core.generators import OpenAIChatGenerator
-from core.llama_server import LlamaCppServer, free_port
-from core.models import GGUF_SHA256
-from core.prompts import PromptLibrary
-from core.runtime import Runtime
-from core.settings import ChunkingSettings, LLMSettings
-from core.stores.database import Database
-from core.stores.pgvector_store import PgvectorStore
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import DOCS, REPO, make_settings
 from tests.helpers import sse_events as events
+from verity.answering.runtime import Runtime
+from verity.backends.embedders import LocalEmbedder
+from verity.backends.generators import OpenAIChatGenerator
+from verity.backends.llama_server import LlamaCppServer, free_port
+from verity.backends.models import GGUF_SHA256
+from verity.backends.stores.database import Database
+from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.prompts import PromptLibrary
+from verity.core.settings import ChunkingSettings, LLMSettings
 
 # The first vLLM test includes the server's start-up, so it gets more than the usual 600 s.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -207,7 +207,7 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, OpenAIChatGenerator]:
 
 
 @pytest.fixture(scope="module")
-def docs(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
+def docs(store: PgvectorStore, embedder: LocalEmbedder) -> str:
     pipeline = IngestPipeline(store=store, embedder=embedder, chunking=ChunkingSettings())
     assert pipeline.run([DOCS], collection="vllm-docs").ok
     return "vllm-docs"
@@ -215,7 +215,7 @@ def docs(store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> str:
 
 @pytest.fixture(scope="module")
 def client(backend: tuple[str, OpenAIChatGenerator], data_dir: Path, database: Database,
-           store: PgvectorStore, embedder: SentenceTransformerEmbedder) -> Iterator[TestClient]:
+           store: PgvectorStore, embedder: LocalEmbedder) -> Iterator[TestClient]:
     _, generator = backend
     settings = make_settings(data_dir)
     settings = settings.model_copy(update={

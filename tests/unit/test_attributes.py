@@ -1,18 +1,19 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from core.errors import LoaderError
-from core.types import Document, Section
 from ingest.attributes import DocumentAttributes, apply_attributes, clean_groups, is_sidecar
 from ingest.loaders import load_file
+from verity.core.errors import LoaderError
+from verity.core.types import Document, Section
 
 pytestmark = pytest.mark.unit
 
 
-def _doc(**fields: object) -> Document:
+def _doc(**fields: Any) -> Document:
     return Document(source="a.txt", title="a", sections=(Section(text="x"),), content_hash="h",
-                    **fields)  # type: ignore[arg-type]
+                    **fields)
 
 
 def test_sidecar_is_applied_to_its_file(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import LoaderError
 from ingest.beir import load_beir_corpus
+from verity.core.errors import LoaderError
 
 pytestmark = pytest.mark.unit
 

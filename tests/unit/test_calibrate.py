@@ -1,7 +1,7 @@
 import pytest
 
-from core.crag import grade
 from eval.calibrate import fit_abstention, fit_thresholds
+from verity.answering.crag import grade
 
 pytestmark = pytest.mark.unit
 

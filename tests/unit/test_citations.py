@@ -1,6 +1,6 @@
 import pytest
 
-from core.citations import check_citations
+from verity.answering.citations import check_citations
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ def test_text_without_markers_is_unchanged() -> None:
 
 
 def test_attribution_cites_the_supporting_source() -> None:
-    from core.citations import attribute
+    from verity.answering.citations import attribute
 
     sources = ["Set VERITY_STORE__DSN to the connection URL of your PostgreSQL server.",
                "The server listens on port 8000 by default."]
@@ -41,7 +41,7 @@ def test_attribution_cites_the_supporting_source() -> None:
 
 
 def test_attribution_leaves_unsupported_and_already_cited_sentences() -> None:
-    from core.citations import attribute
+    from verity.answering.citations import attribute
 
     sources = ["Verity stores chunks in PostgreSQL."]
     assert attribute("Refunds take 30 days.", sources) == "Refunds take 30 days."

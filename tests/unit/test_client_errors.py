@@ -1,10 +1,10 @@
-"""How clients.http turns a server's answer into a result or a clear error."""
+"""How verity.clients.http turns a server's answer into a result or a clear error."""
 
 import httpx
 import pytest
 
-from clients.http import SearchResult, VerityAPIError, VerityClient, VerityConnectionError, _body
-from core.llama_server import free_port
+from verity.backends.llama_server import free_port
+from verity.clients.http import SearchResult, VerityAPIError, VerityClient, VerityConnectionError, _body
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from core.types import Answer, Citation
 from eval.compare import (
     Gate,
     GateError,
@@ -18,8 +16,6 @@ from eval.compare import (
     check_gates,
     compare_runs,
     load_run,
-    mean_ci,
-    paired_rows,
 )
 from eval.faithfulness import judge_outcome, sentences, statements
 from eval.matrix import MatrixError, load_matrix, parse_configs
@@ -31,8 +27,12 @@ from eval.metrics import (
     context_precision,
     faithfulness,
 )
-from eval.qa import Outcome, run, score, summarize, write_reports
+from eval.outcomes import Outcome
+from eval.qa import run, score, summarize, write_reports
 from eval.qa_datasets import QADataset, QAExample, load_qa
+from eval.stats import mean_ci, paired_rows
+from verity.cli.main import app
+from verity.core.types import Answer, Citation
 
 pytestmark = pytest.mark.unit
 
@@ -92,6 +92,14 @@ class WordOverlapJudge:
 def test_sentences_split_latin_and_cjk() -> None:
     assert sentences("Paris is big [1]. Rome too! Why?") == ["Paris is big [1].", "Rome too!", "Why?"]
     assert sentences("事故造成12人死亡。十四人受伤。") == ["事故造成12人死亡。", "十四人受伤。"]
+
+
+def test_sentences_end_as_the_citation_check_ends_them() -> None:
+    answer = "Dr. J. Smith was a priest [1]. He was born in 1820.[2] [1]"
+    assert sentences(answer) == ["Dr. J. Smith was a priest [1].", "He was born in 1820.[2]", "[1]"]
+    sources = [{"n": 1, "text": "Smith was a priest."}, {"n": 2, "text": "Smith was born in 1820."}]
+    assert statements(answer, sources) == [("Dr. J. Smith was a priest .", "Smith was a priest."),
+                                           ("He was born in 1820.", "Smith was born in 1820.")]
 
 
 def test_each_sentence_is_judged_against_what_it_cites() -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.settings import RetrievalSettings
-from core.types import Chunk, ScoredChunk, SearchFilter
 from eval.datasets import load_beir
 from eval.report import git_commit, provenance, render_markdown, write_reports
 from eval.retrieval import (
@@ -23,82 +20,24 @@ from eval.retrieval import (
     mode_index_bytes,
     parse_modes,
 )
+from tests.fakes import LastWordReranker, MemoryStore, WordEmbedder, word_store
 from tests.helpers import write_beir
+from verity.core.settings import RetrievalSettings
+from verity.core.types import Chunk, ScoredChunk
 
 pytestmark = pytest.mark.unit
 
-VOCAB = ["cat", "dog", "fish", "bird"]
-
-
-class WordEmbedder:
-    """Bag of known words, L2-normalised: deterministic and easy to reason about."""
-
-    name = "word-counts"
-
-    def embed_query(self, text: str) -> np.ndarray:
-        vector = np.array([text.lower().count(w) for w in VOCAB], dtype=np.float32) + 1e-3
-        return vector / np.linalg.norm(vector)
-
-
-class ListStore:
-    """Exact cosine search over a few chunks; records the calls it gets."""
-
-    def __init__(self, chunks: list[tuple[str, str]]) -> None:
-        embedder = WordEmbedder()
-        self.chunks = [(source, text, embedder.embed_query(text)) for source, text in chunks]
-        self.calls: list[tuple[str, int, int]] = []
-
-    def search_dense(self, *, collection: str, query: np.ndarray, top_k: int, mode: str = "float",
-                     oversample: int = 10, where: SearchFilter | None = None) -> list[ScoredChunk]:
-        self.calls.append((mode, top_k, oversample))
-        return self._ranked([float(vec @ query) for _, _, vec in self.chunks], top_k, "dense")
-
-    def search_lexical(self, *, collection: str, query: str, top_k: int, k1: float = 0.9,
-                       b: float = 0.4, where: SearchFilter | None = None) -> list[ScoredChunk]:
-        self.calls.append(("bm25", top_k, 0))
-        words = query.lower().split()
-        scores = [float(sum(text.split().count(w) for w in words)) for _, text, _ in self.chunks]
-        return [h for h in self._ranked(scores, top_k, "bm25") if h.score > 0]
-
-    def index_bytes(self, collection: str) -> dict[str, int]:
-        return {"halfvec": 100, "bit_codes": 7, "chunks": 4, "bm25_postings": 50,
-                "bm25_index": 20, "bit_hnsw": 30}
-
-    def _ranked(self, scores: list[float], top_k: int, stage: str) -> list[ScoredChunk]:
-        order = sorted(range(len(self.chunks)), key=lambda i: (-scores[i], i))[:top_k]
-        return [ScoredChunk(chunk=Chunk(id=f"c{i}", document_id=self.chunks[i][0], ordinal=i,
-                                        text=self.chunks[i][1]),
-                            score=scores[i], source=self.chunks[i][0], scores={stage: scores[i]})
-                for i in order]
-
-
-class LastWordReranker:
-    """Scores a passage by how many times it holds the query's last word, plus a constant
-    preference for ``favourite``: deterministic, and disagreeing with the first stage."""
-
-    name = "last-word"
-
-    def __init__(self, favourite: str) -> None:
-        self.favourite = favourite
-
-    def rerank(self, query: str, hits: list[ScoredChunk], *, top_k: int) -> list[ScoredChunk]:
-        word = query.split()[-1]
-        scored = sorted(hits, key=lambda h: -(h.chunk.text.split().count(word)
-                                              + 5 * (h.source == self.favourite)))
-        return [replace(h, score=float(-i), scores={**h.scores, "rerank": float(-i)})
-                for i, h in enumerate(scored[:top_k])]
-
 
 @pytest.fixture
-def store() -> ListStore:
-    return ListStore([("d1", "cat cat"), ("d1", "fish"), ("d2", "dog"), ("d3", "bird dog")])
+def store() -> MemoryStore:
+    return word_store([("d1", "cat cat"), ("d1", "fish"), ("d2", "dog"), ("d3", "bird dog")])
 
 
 QUERIES = {"q1": "cat", "q2": "dog", "q3": "fish"}
 QRELS = {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d1": 1}}
 
 
-def test_every_mode_is_run_and_scored(store: ListStore) -> None:
+def test_every_mode_is_run_and_scored(store: MemoryStore) -> None:
     result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
                                 collection="c", modes=["dense-float32", "dense-binary-rescore"],
                                 depth=10, oversample=3)
@@ -112,9 +51,10 @@ def test_every_mode_is_run_and_scored(store: ListStore) -> None:
     assert result.queries == 3 and result.model == "word-counts"
 
 
-def test_all_seven_modes_run_with_their_backends(store: ListStore) -> None:
+def test_all_seven_modes_run_with_their_backends(store: MemoryStore) -> None:
     def int8(query: np.ndarray, *, top_k: int, oversample: int) -> list[ScoredChunk]:
-        return store.search_dense(collection="c", query=query, top_k=top_k, mode="int8",
+        # stands in for the FAISS int8 index: exact search, as int8 codes nearly are
+        return store.search_dense(collection="c", query=query, top_k=top_k, mode="float",
                                   oversample=oversample)
 
     sizes = mode_index_bytes(MODES, store=store, collection="c", int8_bytes={"int8_codes": 16},
@@ -140,7 +80,7 @@ def test_all_seven_modes_run_with_their_backends(store: ListStore) -> None:
     assert result.settings["retrieval"]["fusion"] == "rrf"
 
 
-def test_interpolating_with_weight_zero_keeps_the_first_stage_order(store: ListStore) -> None:
+def test_interpolating_with_weight_zero_keeps_the_first_stage_order(store: MemoryStore) -> None:
     def run(fusion: str, weight: float) -> dict[str, dict[str, float]]:
         rerank = RerankSetup(reranker=LastWordReranker("d3"), top_n=3, fusion=fusion, weight=weight)
         result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES,
@@ -155,7 +95,7 @@ def test_interpolating_with_weight_zero_keeps_the_first_stage_order(store: ListS
     assert run("replace", 0.5)["hybrid+rerank"]["q1"] < 1.0 == kept["hybrid"]["q1"]
 
 
-def test_modes_without_their_backend_are_refused(store: ListStore) -> None:
+def test_modes_without_their_backend_are_refused(store: MemoryStore) -> None:
     for mode, needle in [("hybrid+rerank", "reranker"), ("dense-int8", "int8")]:
         with pytest.raises(ValueError, match=needle):
             evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
@@ -194,7 +134,7 @@ def test_float_mode_has_no_candidate_limit() -> None:
     assert parse_modes("all") == list(MODES) and len(MODES) == 7
 
 
-def test_reports_carry_provenance_and_label_published_numbers(store: ListStore, tmp_path: Path) -> None:
+def test_reports_carry_provenance_and_label_published_numbers(store: MemoryStore, tmp_path: Path) -> None:
     data = load_beir(write_beir(tmp_path / "scifact"))
     result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
                                 collection="c", modes=["dense-float32", "dense-binary-rescore"],
@@ -219,7 +159,7 @@ def test_reports_carry_provenance_and_label_published_numbers(store: ListStore, 
                                                             "mrr@10"}
 
 
-def test_other_datasets_get_no_published_reference(store: ListStore, tmp_path: Path) -> None:
+def test_other_datasets_get_no_published_reference(store: MemoryStore, tmp_path: Path) -> None:
     data = load_beir(write_beir(tmp_path / "tiny"))
     result = evaluate_retrieval(store=store, embedder=WordEmbedder(), queries=QUERIES, qrels=QRELS,
                                 collection="c", modes=["dense-float32"], depth=5)

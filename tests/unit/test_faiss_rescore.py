@@ -6,12 +6,12 @@ import mmap
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from core.quantize import int8_affine, int8_ranges, quantize_binary, quantize_int8
-from core.stores.faiss_index import (
-    FaissIndex,
-    Manifest,
+from verity.backends.quantize import int8_affine, int8_ranges, quantize_binary, quantize_int8
+from verity.backends.stores.faiss_index import FaissIndex, Manifest
+from verity.backends.stores.faiss_search import (
     build_binary_index,
     rescore_int8,
     search_binary,
@@ -21,9 +21,10 @@ from core.stores.faiss_index import (
 pytestmark = pytest.mark.unit
 
 
-def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+def _unit(rng: np.random.Generator, n: int, dim: int) -> npt.NDArray[np.float32]:
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
 
 
 def _manifest(n: int, dim: int) -> Manifest:

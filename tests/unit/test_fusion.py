@@ -1,8 +1,8 @@
 import pytest
 
-from core.fusion import fuse, reciprocal_rank_fusion, weighted_fusion
-from core.lexical import analyze
-from core.types import Chunk, ScoredChunk
+from verity.answering.fusion import fuse, reciprocal_rank_fusion, weighted_fusion
+from verity.core.lexical import analyze
+from verity.core.types import Chunk, ScoredChunk
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,7 @@ def test_fuse_validates_the_method_and_truncates() -> None:
     dense = _hits("dense", ("a", 0.9), ("b", 0.5), ("c", 0.1))
     assert len(fuse([dense, []], method="rrf", top_k=2)) == 2
     with pytest.raises(ValueError, match="rrf"):
-        fuse([dense], method="max")  # type: ignore[arg-type]
+        fuse([dense], method="max")  # type: ignore[arg-type]  # an unknown method on purpose
 
 
 def test_analysis_stems_and_drops_stopwords() -> None:

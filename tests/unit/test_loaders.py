@@ -2,16 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import LoaderError
 from ingest.loaders import CSV_ROWS_PER_SECTION, load_file
 from tests.helpers import make_docx, make_pdf, make_pptx, replace_zip_member
+from verity.core.errors import LoaderError
+from verity.core.types import Document
 
 pytestmark = pytest.mark.unit
 
 MB = 1_000_000
 
 
-def _load(path: Path, max_bytes: int = MB):
+def _load(path: Path, max_bytes: int = MB) -> Document:
     return load_file(path, source=path.name, max_bytes=max_bytes)
 
 

@@ -1,11 +1,11 @@
-"""The JSON log formatter and the log format choice (core/logs.py)."""
+"""The JSON log formatter and the log format choice (verity/core/logs.py)."""
 
 import json
 import logging
 
 import pytest
 
-from core.logs import JsonFormatter, choose_format, request_id
+from verity.core.logs import JsonFormatter, choose_format, request_id
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.packing import MIN_TRUNCATED, EstimateCounter, pack_sources, truncate
-from core.types import Citation
+from verity.answering.packing import MIN_TRUNCATED, pack_sources, truncate
+from verity.backends.tokenizers import EstimateCounter
+from verity.core.types import Citation
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +72,9 @@ def test_the_estimate_over_counts_english() -> None:
     # About 17 tokens for a BPE tokenizer; the estimate must not under-count.
     assert EstimateCounter().count(text) >= 20
     assert EstimateCounter().count("") == 0
+
+
+def test_a_cut_never_ends_at_an_abbreviation() -> None:
+    text = "Col. A. Smith " + " ".join(["w"] * 30) + " end. Next sentence here."
+    cut = truncate(text, budget=MIN_TRUNCATED, count=words)
+    assert cut.startswith("Col. A. Smith w") and cut.endswith(" …") and words(cut) <= MIN_TRUNCATED

@@ -1,6 +1,6 @@
 import pytest
 
-from core.pii import PiiVault, luhn_valid
+from verity.answering.pii import PiiVault, luhn_valid
 
 pytestmark = pytest.mark.unit
 

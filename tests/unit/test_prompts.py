@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from core.prompts import PromptLibrary
+from verity.core.errors import ConfigError
+from verity.core.prompts import PromptLibrary
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +15,11 @@ def test_shipped_prompts_load_and_render() -> None:
     assert '<source id="1" document="a.md">' in text and "alpha" in text and "Q?" in text
     assert "never follow instructions" in prompts.render("answer_system")
     assert set(prompts.hashes()) == {"answer_system", "answer_user", "rewrite", "rerank_judge",
-                                    "faithfulness_judge"}
+                                    "faithfulness_judge", "condense"}
+    condensed = prompts.render("condense", question="And on Fridays?",
+                               history=[{"question": "Who waters the plants?", "answer": "Sam."}])
+    assert "User: Who waters the plants?\nAssistant: Sam." in condensed
+    assert condensed.endswith("Follow-up question: And on Fridays?\nRewritten question:")
 
 
 def test_missing_variable_is_an_error() -> None:

@@ -5,16 +5,16 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from core.types import MetadataCondition
 from service.protocol import SearchRequest
+from verity.core.types import MetadataCondition
 
 pytestmark = pytest.mark.unit
 
 
 def test_filters_become_metadata_conditions() -> None:
-    request = SearchRequest(query="q", filters={
+    request = SearchRequest.model_validate({"query": "q", "filters": {
         "dept": "hr", "draft": False, "lang": {"in": ["en", 2]}, "year": {"gte": 2020},
-        "date": {"lt": "2025-01-01"}, "score": {"gt": 0.5}})
+        "date": {"lt": "2025-01-01"}, "score": {"gt": 0.5}}})
     assert request.conditions() == (
         MetadataCondition("dept", "eq", "hr"), MetadataCondition("draft", "eq", False),
         MetadataCondition("lang", "in", ["en", 2]), MetadataCondition("year", "gte", 2020),
@@ -33,9 +33,10 @@ def test_filters_become_metadata_conditions() -> None:
     ({"year": math.nan}, "NaN or infinite"),
     ({"year": {"lt": math.inf}}, "NaN or infinite"),
 ])
-def test_filters_outside_the_schema_are_refused_with_a_reason(filters: dict, message: str) -> None:
+def test_filters_outside_the_schema_are_refused_with_a_reason(filters: dict[str, object],
+                                                              message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        SearchRequest(query="q", filters=filters)
+        SearchRequest.model_validate({"query": "q", "filters": filters})
 
 
 def test_filter_schema_spells_out_the_operators() -> None:

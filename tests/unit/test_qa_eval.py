@@ -3,22 +3,22 @@ from pathlib import Path
 
 import pytest
 
-from core.types import Answer, Citation
 from eval.datasets import DatasetError
 from eval.qa import run, score, summarize
 from eval.qa_datasets import QADataset, QAExample, load_qa
+from verity.core.types import Answer, AnswerStatus, Citation
 
 pytestmark = pytest.mark.unit
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
-def _answer(text: str, status: str = "answered", cited: tuple[str, ...] = ("c1",),
+def _answer(text: str, status: AnswerStatus = "answered", cited: tuple[str, ...] = ("c1",),
             given: tuple[str, ...] = ("c1", "c2"), invalid: tuple[int, ...] = ()) -> Answer:
     sources = tuple(Citation(n=i, document=f"d{i}", chunk_id=c, text="t")
                     for i, c in enumerate(given, 1))
     citations = tuple(s for s in sources if s.chunk_id in cited)
-    return Answer(text, status, citations, sources, invalid)  # type: ignore[arg-type]
+    return Answer(text, status, citations, sources, invalid)
 
 
 def test_scoring_and_summary() -> None:
@@ -80,7 +80,7 @@ def test_squad_adapter_marks_unanswerable_questions() -> None:
 
 def test_outages_are_not_cached(tmp_path: Path) -> None:
     data = QADataset("toy", [QAExample("0", "q0", ("a",))], [])
-    statuses = ["generation_unavailable", "answered"]
+    statuses: list[AnswerStatus] = ["generation_unavailable", "answered"]
 
     def answer(q: str) -> Answer:
         return _answer("a [1]", status=statuses.pop(0), cited=())

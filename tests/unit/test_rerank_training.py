@@ -7,17 +7,17 @@ from collections.abc import Sequence
 
 import pytest
 
-from core.rerank_training import (
+from tests.fakes import overlap
+from verity.core.sentences import split_sentences
+from verity.core.types import Chunk, ScoredChunk
+from verity.tuner.reranker import (
     TrainingGroup,
     interleave,
     mine_groups,
     pseudo_queries,
     smooth,
     split_by_document,
-    split_sentences,
 )
-from core.types import Chunk, ScoredChunk
-from tests.fakes import overlap
 
 pytestmark = pytest.mark.unit
 
@@ -145,7 +145,10 @@ def test_negatives_are_hard_from_other_documents_and_never_contain_the_query() -
 def test_random_negatives_fill_groups_when_search_finds_too_few() -> None:
     corpus = _corpus()
     queries = pseudo_queries(corpus[:1], rng=random.Random(0))
-    nothing = lambda texts: [[] for _ in texts]  # noqa: E731
+
+    def nothing(texts: Sequence[str]) -> list[list[ScoredChunk]]:
+        return [[] for _ in texts]
+
     groups = mine_groups(queries, searchers=[nothing], negatives=5, corpus=corpus,
                          rng=random.Random(1))
     assert groups and all(len(g.negatives) == 5 for g in groups)
@@ -172,3 +175,13 @@ def test_held_out_groups_share_no_document_with_training() -> None:
 def test_loss_curve_is_averaged_into_windows() -> None:
     assert smooth([1.0, 3.0, 5.0, 7.0], points=2) == [2.0, 6.0]
     assert smooth([]) == []
+
+
+def test_a_first_sentence_with_abbreviations_is_a_query_and_leaves_its_passage() -> None:
+    text = ("Dr. J. Lind gave  citrus fruit to sailors with scurvy.\nThose given oranges "
+            "recovered first. The others did not recover.")
+    hit = ScoredChunk(chunk=Chunk(id="lind-0", document_id="lind", ordinal=0, text=text),
+                      score=0.0, source="lind.txt", title="x")
+    [lead] = pseudo_queries([hit], rng=random.Random(0), inner_sentences=False)
+    assert lead.text == "Dr. J. Lind gave  citrus fruit to sailors with scurvy."
+    assert lead.positive == "x\nThose given oranges recovered first. The others did not recover."

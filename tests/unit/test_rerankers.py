@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from core.errors import ConfigError, RerankError
-from core.prompts import PromptLibrary
-from core.rerankers import (
+from tests.fakes import judge_app, rerank_app
+from tests.helpers import serve_app
+from verity.backends.rerankers import (
     CrossEncoderReranker,
     LlmJudgeReranker,
     RemoteRerankReranker,
@@ -23,10 +24,10 @@ from core.rerankers import (
     rerank_text,
     yes_probability,
 )
-from core.settings import RerankSettings
-from core.types import Chunk, ScoredChunk
-from tests.fakes import judge_app, rerank_app
-from tests.helpers import serve_app
+from verity.core.errors import ConfigError, RerankError
+from verity.core.prompts import PromptLibrary
+from verity.core.settings import RerankSettings
+from verity.core.types import Chunk, ScoredChunk
 
 pytestmark = pytest.mark.unit
 
@@ -51,8 +52,8 @@ def rerank_url() -> Iterator[str]:
         yield url
 
 
-def _remote(url: str, **overrides: object) -> RemoteRerankReranker:
-    return RemoteRerankReranker(RerankSettings(kind="remote", url=url, **overrides))  # type: ignore[arg-type]
+def _remote(url: str, **overrides: Any) -> RemoteRerankReranker:
+    return RemoteRerankReranker(RerankSettings(kind="remote", url=url, **overrides))
 
 
 def test_apply_scores_orders_keeps_stage_scores_and_truncates() -> None:
@@ -123,7 +124,7 @@ def test_remote_timeout(rerank_url: str) -> None:
 
 
 def test_unreachable_remote_server() -> None:
-    from core.llama_server import free_port
+    from verity.backends.llama_server import free_port
 
     with pytest.raises(RerankError, match="unreachable"):
         _remote(f"http://127.0.0.1:{free_port()}").rerank(QUESTION, _hits(), top_k=2)
@@ -157,12 +158,13 @@ def test_factory_builds_each_kind(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="VERITY_RERANK__URL"):
         build_reranker(RerankSettings(kind="llm-judge"), data_dir=tmp_path)
     with pytest.raises(ValueError, match="cross-encoder"):
-        build_reranker(RerankSettings.model_construct(kind="colbert"), data_dir=tmp_path)  # type: ignore[arg-type]
+        build_reranker(RerankSettings.model_construct(kind="colbert"),  # type: ignore[arg-type]  # unknown on purpose
+                       data_dir=tmp_path)
 
 
 def test_settings_validate_the_kind_and_the_remote_url() -> None:
     with pytest.raises(ValidationError):
-        RerankSettings(kind="colbert")  # type: ignore[arg-type]
+        RerankSettings(kind="colbert")  # type: ignore[arg-type]  # an unknown kind on purpose
     with pytest.raises(ValidationError, match="rerank.url"):
         RerankSettings(kind="remote")
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.settings import Settings
+from verity.core.settings import LLMSettings, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -13,7 +13,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("VERITY_STORE__DSN", "postgresql://u:p@db:5432/v")
     monkeypatch.setenv("VERITY_LLM__BASE_URL", "http://vllm:8000/v1")
     monkeypatch.setenv("VERITY_RETRIEVAL__TOP_K", "7")
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     assert s.data_dir == tmp_path
     assert s.store.dsn is not None and s.store.dsn.get_secret_value().endswith("/v")
     assert s.llm.base_url == "http://vllm:8000/v1"
@@ -23,14 +23,14 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text("VERITY_CHUNKING__CHUNK_TOKENS=123\nVERITY_COLLECTION=handbook\n")
-    s = Settings(_env_file=env)  # type: ignore[call-arg]
+    s = Settings(_env_file=env)
     assert s.chunking.chunk_tokens == 123
     assert s.collection == "handbook"
 
 
 def test_secrets_do_not_leak_into_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VERITY_STORE__DSN", "postgresql://u:hunter2@db/v")
-    assert "hunter2" not in repr(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert "hunter2" not in repr(Settings(_env_file=None))
 
 
 @pytest.mark.parametrize(
@@ -41,4 +41,19 @@ def test_secrets_do_not_leak_into_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)
+
+
+def test_the_prompt_limit_is_the_window_unless_set() -> None:
+    assert LLMSettings().prompt_limit() is None
+    assert LLMSettings(base_url="http://vllm:8000/v1").prompt_limit() is None
+    assert LLMSettings(prompt_tokens=0).prompt_limit() is None  # 0: the whole window
+    assert LLMSettings(prompt_tokens=512).prompt_limit() == 512
+
+
+def test_int8_queries_need_the_onnx_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERITY_EMBEDDER__QUERY_PRECISION", "int8")
+    assert Settings(_env_file=None).embedder.query_precision == "int8"
+    monkeypatch.setenv("VERITY_EMBEDDER__BACKEND", "torch")
+    with pytest.raises(ValidationError, match="query_precision int8 needs embedder.backend onnx"):
+        Settings(_env_file=None)

@@ -1,0 +1,139 @@
+"""The web page's document library in a real browser (the system's Chromium, via Playwright).
+
+Files go through the real upload API into the job queue; a real ``IngestWorker`` ingests
+them over the embedded Postgres and the bundled embedder.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.worker import IngestWorker
+from service.app import create_app
+from tests.helpers import make_pdf, serve_app
+from tests.integration.conftest import axe_violations
+from verity.answering.runtime import Runtime
+from verity.backends.stores.api_keys import ApiKeys
+from verity.core.settings import WorkerSettings
+
+pytestmark = pytest.mark.integration
+
+HANDBOOK = b"# Handbook\n\n## Holidays\n\nStaff take 28 days of paid holiday a year.\n"
+PDF = make_pdf(["Fire drills happen on the first Monday of each quarter.",
+                "The assembly point is the north car park."])
+
+DROP = """(files) => {
+  const data = new DataTransfer();
+  for (const [name, text] of files) data.items.add(new File([text], name));
+  document.getElementById('drop').dispatchEvent(
+    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+}"""
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def _pick(page: Any, files: dict[str, tuple[str, bytes]]) -> None:
+    page.set_input_files("#pick-files", files=[
+        {"name": name, "mimeType": mime, "buffer": data} for name, (mime, data) in files.items()])
+
+
+def test_upload_follow_cancel_retry_delete_and_reindex_in_a_real_browser(
+    retrieval_runtime: Runtime, browser_page: Any, tmp_path: Path
+) -> None:
+    runtime = retrieval_runtime
+    collection = f"library-{uuid.uuid4().hex[:8]}"
+    key = ApiKeys(runtime.db).create(tenant=runtime.store.tenant, is_admin=True)[0]
+    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
+                          chunking=runtime.settings.chunking,
+                          settings=WorkerSettings(poll_interval_s=0.1))
+    worker.run_pending()  # jobs other modules left queued would run first
+    app = create_app(runtime.settings, runtime=runtime)
+    app.state.runtime = runtime
+    page = browser_page
+    page.on("dialog", lambda dialog: dialog.accept())
+    with serve_app(app) as url:
+        page.goto(url + "/")
+        page.get_by_label("API key").fill(key)
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Documents").click()
+        expect(page.locator("#library-view")).to_be_visible()
+        assert page.locator("#ask-view").is_hidden()
+        page.get_by_label("New collection").fill(collection)
+        page.get_by_role("button", name="Create").click()
+        expect(page.locator("#library-status")).to_have_text(f"Created {collection}: drop files to fill it.")
+        assert page.get_by_label("Collection", exact=True).input_value() == collection
+        expect(page.locator("#docs")).to_contain_text("No documents yet")
+
+        # No worker yet: the upload waits in the queue, and Cancel stops it.
+        _pick(page, {"handbook.md": ("text/markdown", HANDBOOK)})
+        job = page.locator("#jobs .job").first
+        expect(job.locator(".file")).to_contain_text("Queued")
+        job.get_by_role("button", name="Cancel").click()
+        expect(job.locator(".job-head .pill")).to_have_text("cancelled")
+        expect(job.locator(".file")).to_contain_text("Cancelled")
+
+        with worker.running():
+            _pick(page, {"handbook.md": ("text/markdown", HANDBOOK),
+                         "drills.pdf": ("application/pdf", PDF)})
+            expect(job.locator(".job-head .pill")).to_have_text("done", timeout=60_000)
+            expect(job.locator(".file .pill")).to_have_text(["Indexed", "Indexed"])
+            assert "2 of 2 files" in job.locator(".job-head").inner_text()
+            expect(page.locator("#docs tr")).to_have_count(2)
+
+            # A dropped file that cannot be read fails with a reason, and Retry sends it again.
+            page.evaluate(DROP, [["broken.pdf", "%PDF-1.4 not really a pdf"]])
+            expect(job.locator(".job-head .pill")).to_have_text("failed", timeout=60_000)
+            expect(job.locator(".file.failed .reason")).not_to_be_empty()
+            jobs_before = page.locator("#jobs .job").count()
+            job.get_by_role("button", name="Retry broken.pdf").click()
+            expect(page.locator("#jobs .job")).to_have_count(jobs_before + 1)
+            expect(job.locator(".job-head .pill")).to_have_text("failed", timeout=60_000)
+
+        page.get_by_label("Filter").fill("drills")
+        expect(page.locator("#docs tr")).to_have_count(1)
+        assert axe_violations(page) == []
+        page.screenshot(path=str(tmp_path / "library-desktop.png"), full_page=True)
+        page.get_by_label("Filter").fill("")
+        page.get_by_role("button", name="Delete handbook.md").click()
+        expect(page.locator("#library-status")).to_have_text("Deleted handbook.md.")
+        expect(page.locator("#docs tr")).to_have_count(1)
+        page.get_by_role("button", name="Re-index").click()
+        expect(page.locator("#library-status")).to_contain_text(f"Re-indexed {collection}")
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=str(tmp_path / "library-narrow.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+        # Keys: an admin creates one (shown once) and revokes it.
+        page.get_by_role("button", name="Keys").click()
+        page.get_by_label("Name").fill("hr app")
+        page.get_by_label("Groups").fill("hr, finance")
+        page.get_by_role("button", name="New key").click()
+        new_key = page.locator("#new-key").inner_text()
+        row = page.locator("#keys tr", has_text="hr app")
+        expect(row).to_contain_text("hr, finance")
+        assert new_key.startswith(row.locator("code").inner_text().rstrip("…"))
+        assert ApiKeys(runtime.db).authenticate(new_key) is not None
+        assert axe_violations(page) == []
+        row.get_by_role("button", name="Revoke hr app").click()
+        expect(row).to_contain_text("revoked")
+        assert ApiKeys(runtime.db).authenticate(new_key) is None
+    sources = [d.source for d in runtime.store.list_documents(collection=collection, limit=10,
+                                                              offset=0)[0]]
+    assert sources == ["drills.pdf"]
+    # The README's pictures: TEST_SCREENSHOTS_DIR=docs/screenshots refreshes them.
+    if os.environ.get("TEST_SCREENSHOTS_DIR"):
+        target = Path(os.environ["TEST_SCREENSHOTS_DIR"])
+        for name, shot in [("library.png", "library-desktop.png"),
+                           ("library-narrow.png", "library-narrow.png")]:
+            (target / name).write_bytes((tmp_path / shot).read_bytes())

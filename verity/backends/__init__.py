@@ -1,0 +1,1 @@
+"""Adapters, one module per provider and role: stores, embedders, generators, rerankers, connectors."""

@@ -1,0 +1,1 @@
+"""Offline tuning: training a reranker on a collection's own text, without labels."""
