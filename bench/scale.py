@@ -151,7 +151,7 @@ def load(store: PgvectorStore, db: Database, corpus: Corpus, *, batch: int) -> d
         write_s = time.perf_counter() - started
     hnsw_s = time.perf_counter() - started - write_s
     with db.pool.connection() as conn:
-        conn.execute("ANALYZE chunks, documents, chunk_terms")
+        conn.execute("ANALYZE chunks, documents, chunk_postings")
     return {"write_s": write_s, "chunks_per_s": n / write_s, "bit_hnsw_s": hnsw_s,
             "one_by_one_chunks_per_s": before}
 
@@ -368,7 +368,7 @@ def rrf_ids(rankings: Sequence[Sequence[str]]) -> list[str]:
 
 TABLE_BYTES = """
 SELECT pg_table_size('chunks'), pg_indexes_size('chunks'), pg_total_relation_size('documents'),
-       pg_total_relation_size('chunk_terms'), pg_table_size('bench_fts'),
+       pg_total_relation_size('chunk_postings'), pg_table_size('bench_fts'),
        pg_relation_size('bench_fts_gin')
 """
 
@@ -388,11 +388,11 @@ def sizes(db: Database, store: PgvectorStore, *, faiss_index: FaissIndex, memory
         "halfvec vectors (in chunks)": (parts["halfvec"], "disk, hot for float search"),
         "bit codes (in chunks)": (parts["bit_codes"], "disk"),
         "bit HNSW index": (parts["bit_hnsw"], "disk, hot for binary-rescore"),
-        "BM25 postings (chunk_terms)": (parts["bm25_postings"], "disk"),
+        "BM25 postings (chunk_postings)": (parts["bm25_postings"], "disk"),
         "BM25 postings index": (parts["bm25_index"], "disk"),
         "tantivy index (lexical/)": (sum(f.stat().st_size for f in lexical.rglob("*")
                                          if f.is_file()), "disk, memory-mapped"),
-        "chunk_terms (with indexes)": (row[3], "disk"),
+        "chunk_postings (with indexes)": (row[3], "disk"),
         "peer FTS tsvector table": (row[4], "disk"),
         "peer FTS GIN index": (row[5], "disk"),
         "FAISS binary index": (faiss_index.ram_bytes(), "RAM"),

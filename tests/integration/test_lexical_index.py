@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +28,12 @@ from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.database import Database
 from verity.backends.stores.pgvector_store import PgvectorStore
-from verity.backends.stores.tantivy_index import IndexKey, LexicalIndexes, prune_changes
+from verity.backends.stores.tantivy_index import (
+    IndexKey,
+    LexicalIndex,
+    LexicalIndexes,
+    prune_changes,
+)
 from verity.core.lexical import analyze
 from verity.core.settings import ChunkingSettings, RetrievalSettings, StoreSettings
 from verity.core.types import Document, SearchFilter, Section, chunk_id
@@ -302,6 +308,23 @@ def test_a_corrupt_index_is_rebuilt_from_postgres(
         assert len(store.search_lexical(collection=collection, query="walrus", top_k=5)) == 2
         assert second.wait_ready(key)
         assert len(_ids(second, key, "walrus")) == 2
+
+
+def test_a_build_abandoned_at_close_leaves_nothing_half_built(
+        database: Database, tmp_path: Path, tenant: str, collection: str) -> None:
+    store, key = _setup(database, tenant=tenant, collection=collection, lexical=None)
+    write(store, collection, "doc", ["an okapi grazes", "the okapi hides"])
+    stopping = threading.Event()
+    stopping.set()  # as when the process closes its indexes during a build
+    index = LexicalIndex(database, root=tmp_path / "lexical", key=key, stop=stopping)
+    index.refresh()
+    assert not index.ready
+    assert not (tmp_path / "lexical" / tenant / f"{collection}.building").exists()
+    assert index.search(analyze("okapi"), groups=None, top_k=5) is None
+    index.close()
+    with LexicalIndexes(database, root=tmp_path / "lexical", poll_s=0.05) as fresh:
+        assert fresh.wait_ready(key)
+        assert len(_ids(fresh, key, "okapi")) == 2
 
 
 def test_a_writer_killed_mid_update_loses_nothing(

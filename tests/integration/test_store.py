@@ -1,3 +1,4 @@
+import math
 import time
 from dataclasses import replace
 from typing import Literal
@@ -9,7 +10,9 @@ import pytest
 from verity.backends.stores.database import Database
 from verity.backends.stores.pgvector_sql import binary_index_name
 from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.backends.stores.pgvector_write import lexical_text
 from verity.core.errors import ConfigError, NotFoundError
+from verity.core.lexical import term_frequencies
 from verity.core.types import (
     Chunk,
     DenseMode,
@@ -134,6 +137,40 @@ def test_bm25_ranks_by_term_rarity_and_frequency(store: PgvectorStore, collectio
     assert store.search_lexical(collection=collection, query="the of and", top_k=5) == []
     store.delete_document(collection=collection, source="zoo.md")
     assert store.search_lexical(collection=collection, query="cats", top_k=5) == []
+
+
+def _reference_bm25(texts: list[str], query: str, *, k1: float, b: float) -> dict[str, float]:
+    """Okapi BM25 with Lucene's idf over ``texts``, written out in Python: text -> score."""
+    docs = [term_frequencies(lexical_text(Chunk(id="", document_id="", ordinal=0, text=t),
+                                          title="ref.md")) for t in texts]
+    n, avgdl = len(docs), sum(sum(d.values()) for d in docs) / len(docs)
+    scores: dict[str, float] = {}
+    for text, tf in zip(texts, docs, strict=True):
+        length, score = sum(tf.values()), 0.0
+        for term, qtf in term_frequencies(query).items():
+            df = sum(term in d for d in docs)
+            if term in tf:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += qtf * idf * tf[term] * (k1 + 1) / (
+                    tf[term] + k1 * (1 - b + b * length / avgdl))
+        if score > 0:
+            scores[text] = score
+    return scores
+
+
+def test_bm25_scores_equal_a_reference_implementation(store: PgvectorStore,
+                                                      collection: str) -> None:
+    rng = np.random.default_rng(5)
+    store.ensure_collection(collection, embed_model="test", embed_dim=DIM)
+    texts = ["cats and dogs and cats", "a dog barks at the postman", "cats sleep all day long",
+             "the weather report for today", "dogs dogs dogs", "quantum cats in boxes of cats"]
+    doc, chunks, vectors = _doc("ref.md", texts, store, collection, rng)
+    store.write_document(collection=collection, document=doc, chunks=chunks, embeddings=vectors)
+    for query in ("cats dogs", "dog barking postman", "cats cats weather"):
+        expected = _reference_bm25(texts, query, k1=1.2, b=0.6)
+        hits = store.search_lexical(collection=collection, query=query, top_k=10, k1=1.2, b=0.6)
+        assert {h.chunk.text: h.scores["bm25"] for h in hits} == pytest.approx(expected)
+        assert [h.scores["bm25"] for h in hits] == sorted(expected.values(), reverse=True)
 
 
 def _write(store: PgvectorStore, collection: str, source: str, texts: list[str],

@@ -63,10 +63,10 @@ COPY_CHUNK_TYPES = [
     "text", "text", "int8", "int4", "text", "text", "int4", "int4", "int4", "halfvec", "bit",
 ]
 
-COPY_TERMS = """
-COPY chunk_terms (chunk_id, collection_id, term, tf) FROM STDIN WITH (FORMAT BINARY)
+COPY_POSTINGS = """
+COPY chunk_postings (chunk_id, collection_id, terms, tfs) FROM STDIN WITH (FORMAT BINARY)
 """
-COPY_TERM_TYPES = ["text", "int8", "text", "int4"]
+COPY_POSTING_TYPES = ["text", "int8", "text[]", "int4[]"]
 
 DELETE_DOCUMENT = """
 DELETE FROM documents d USING collections c
@@ -262,6 +262,8 @@ LIMIT %(top_k)s
 
 # Okapi BM25 (Robertson & Zaragoza 2009) with Lucene's idf, ln(1 + (N - df + 0.5) / (df + 0.5)).
 # N, the average chunk length and each term's df are taken over the chunks the caller may see.
+# A chunk's postings are one row (terms and their frequencies in parallel arrays, migration
+# 0010); the GIN index on the terms finds the chunks holding any query term.
 # The CTEs are MATERIALIZED: inlined, the planner (misestimating the postings join as one
 # row) re-ran the collection-wide aggregate per matching posting: 30 s a query on SciFact.
 _SEARCH_BM25 = """
@@ -276,9 +278,13 @@ query AS (
     SELECT * FROM unnest(%(terms)s::text[], %(weights)s::float8[]) AS q(term, qtf)
 ),
 postings AS MATERIALIZED (
-    SELECT t.chunk_id, t.term, t.tf, v.term_count
-    FROM chunk_terms t JOIN visible v ON v.id = t.chunk_id
-    WHERE t.collection_id = %(collection_id)s AND t.term = ANY(%(terms)s::text[])
+    SELECT chunk_id, term, tf, term_count FROM (
+        SELECT p.chunk_id, query.term, p.tfs[array_position(p.terms, query.term)] AS tf,
+               v.term_count
+        FROM chunk_postings p JOIN visible v ON v.id = p.chunk_id CROSS JOIN query
+        WHERE p.collection_id = %(collection_id)s AND p.terms && %(terms)s::text[]
+    ) matched
+    WHERE tf IS NOT NULL
 ),
 df AS MATERIALIZED (
     SELECT term, count(*)::float8 AS df FROM postings GROUP BY term
@@ -359,12 +365,12 @@ WITH k AS (
     FROM chunks WHERE collection_id = %(collection_id)s
 ), t AS (
     SELECT coalesce(sum(pg_column_size(t.*)), 0)::int8 AS postings, count(*) AS rows
-    FROM chunk_terms t WHERE collection_id = %(collection_id)s
+    FROM chunk_postings t WHERE collection_id = %(collection_id)s
 )
 SELECT k.halfvec, k.bits, k.chunks, t.postings,
-       (pg_relation_size('chunk_terms_lookup_idx'::regclass)
+       (pg_relation_size('chunk_postings_terms_idx'::regclass)
         * t.rows / greatest((SELECT reltuples FROM pg_class
-                             WHERE oid = 'chunk_terms'::regclass), t.rows, 1))::int8,
+                             WHERE oid = 'chunk_postings'::regclass), t.rows, 1))::int8,
        coalesce(pg_relation_size(to_regclass(%(binary_index)s)), 0)::int8
 FROM k, t
 """

@@ -58,12 +58,12 @@ def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
                     copy.write_row((chunk.id, doc_id, collection_id, chunk.ordinal, chunk.text,
                                     chunk.heading, chunk.page, chunk.token_count,
                                     sum(tf.values()), HalfVector(vector), code))
-        with cur.copy(q.COPY_TERMS) as copy:
-            copy.set_types(q.COPY_TERM_TYPES)
+        with cur.copy(q.COPY_POSTINGS) as copy:
+            copy.set_types(q.COPY_POSTING_TYPES)
             for (_, w), counts in zip(writes, terms, strict=True):
                 for chunk, tf in zip(w.chunks, counts, strict=True):
-                    for term, count in tf.items():
-                        copy.write_row((chunk.id, collection_id, term, count))
+                    ordered = sorted(tf)
+                    copy.write_row((chunk.id, collection_id, ordered, [tf[t] for t in ordered]))
 
 
 def _bit_codes(embeddings: np.ndarray, *, dim: int) -> list[Bit]:

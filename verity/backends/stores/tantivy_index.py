@@ -151,9 +151,11 @@ class IndexKey:
 class LexicalIndex:
     """One collection's index directory, written here if this process holds its lock."""
 
-    def __init__(self, db: Database, *, root: Path, key: IndexKey) -> None:
+    def __init__(self, db: Database, *, root: Path, key: IndexKey,
+                 stop: threading.Event | None = None) -> None:
         self._db = db
         self.key = key
+        self._stop = stop or threading.Event()
         self.path = root / key.tenant / key.collection
         self._lock_path = self.path.with_name(f"{key.collection}.lock")
         self._lock: IO[bytes] | None = None
@@ -271,8 +273,14 @@ class LexicalIndex:
             with conn.cursor(name="lexical_build") as cur:
                 cur.itersize = 2000
                 cur.execute(_CHUNK_ROWS, {"collection_id": self.key.collection_id})
-                for row in cur:
+                for n, row in enumerate(cur):
+                    if n % 1000 == 0 and self._stop.is_set():
+                        break
                     writer.add_document(_chunk_document(row))
+        if self._stop.is_set():  # closing: abandon the build; the next process starts over
+            writer = None
+            shutil.rmtree(fresh, ignore_errors=True)
+            return
         _commit(writer, horizon=horizon, collection_id=self.key.collection_id)
         writer.wait_merging_threads()
         self._index = self._writer = None  # let go of the old directory's writer lock
@@ -457,6 +465,8 @@ class LexicalIndexes:
             return {f"{k.tenant}/{k.collection}": i.lag for k, i in self._indexes.items()}
 
     def close(self) -> None:
+        """Stop the refresh thread (a build in progress is abandoned within a thousand chunks)
+        and release the indexes."""
         self._stop.set()
         self._thread.join(timeout=10)
         with self._guard:
@@ -474,7 +484,8 @@ class LexicalIndexes:
         with self._guard:
             index = self._indexes.get(key)
             if index is None:
-                index = self._indexes[key] = LexicalIndex(self._db, root=self._root, key=key)
+                index = self._indexes[key] = LexicalIndex(self._db, root=self._root, key=key,
+                                                          stop=self._stop)
             return index
 
     def _run(self) -> None:
