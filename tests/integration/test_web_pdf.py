@@ -8,6 +8,7 @@ pdf.js comes from this server (``service/web/vendor/pdfjs``) and nothing leaves 
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -131,4 +132,7 @@ def test_a_pdf_citation_shows_its_page_with_the_passage_highlighted(
     assert any(r.endswith("/static/vendor/pdfjs/pdf.worker.min.mjs") for r in requests)
     assert all(r.startswith(url) for r in requests), [r for r in requests if not r.startswith(url)]
     assert [e for e in errors if "Content Security Policy" in e] == []
-    print("pdf citation screenshot:", tmp_path / "pdf-citation.png")
+    # The README's picture: TEST_SCREENSHOTS_DIR=docs/screenshots refreshes it.
+    if os.environ.get("TEST_SCREENSHOTS_DIR"):
+        target = Path(os.environ["TEST_SCREENSHOTS_DIR"]) / "pdf-citation.png"
+        target.write_bytes((tmp_path / "pdf-citation.png").read_bytes())
