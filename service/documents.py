@@ -8,11 +8,13 @@ caller's tenant, and listing applies the caller's ACL groups in the query.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import quote
 
 from fastapi.exceptions import RequestValidationError
 
@@ -29,6 +31,7 @@ from service.protocol import (
 from verity.answering.runtime import Runtime
 from verity.backends.embedders import LocalEmbedder
 from verity.backends.stores.api_keys import Principal
+from verity.backends.stores.document_files import DocumentFile, DocumentFiles
 from verity.backends.stores.jobs import JobQueue
 from verity.backends.stores.pgvector_store import reindex_collection
 from verity.core.errors import ConfigError, ForbiddenError, NotFoundError
@@ -177,6 +180,24 @@ def chunk_context(runtime: Runtime, principal: Principal, chunk_id: str, *,
     document, chunks = _store(runtime, principal).chunk_context(
         chunk_id, window=window, where=_visible(principal))
     return ChunkContext.of(document, chunk_id, chunks)
+
+
+def document_file(runtime: Runtime, principal: Principal, doc_id: str) -> DocumentFile:
+    """The original file of a document the caller may read (a PDF).
+
+    Raises:
+        NotFoundError: the caller cannot see such a document in its tenant, or no file of
+            it is kept (404 both; the message says which only to a caller who may see it).
+    """
+    return DocumentFiles(runtime.db, tenant=principal.tenant).read(doc_id,
+                                                                  where=_visible(principal))
+
+
+def inline_disposition(source: str) -> str:
+    """A ``Content-Disposition`` that shows the file in the browser under its base name."""
+    name = PurePosixPath(source).name or "document"
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", name)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def delete_document(runtime: Runtime, principal: Principal, doc_id: str) -> None:

@@ -110,6 +110,10 @@ class ChunkingSettings(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16)
     overlap_tokens: int = Field(default=32, ge=0)
     max_file_mb: float = Field(default=50.0, gt=0)
+    keep_file_mb: float = Field(
+        default=25.0, ge=0,
+        description="PDFs up to this size keep their original bytes, so the web page can show "
+                    "the cited page itself; 0 keeps none")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSettings:

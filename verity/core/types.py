@@ -39,9 +39,30 @@ class Section:
     page: int | None = None
 
 
+# Formats whose original file is kept beside the chunks, by suffix: a reader checking a
+# citation sees the page itself. Text formats are shown from their chunks.
+KEPT_FILE_TYPES: dict[str, str] = {".pdf": "application/pdf"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A document's original bytes, kept so a reader can see the file itself (a PDF's pages)."""
+
+    media_type: str
+    content: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Document:
-    """A loaded source file (or record) before splitting."""
+    """A loaded source file (or record) before splitting.
+
+    ``original`` holds the file's bytes for the formats whose file is kept beside the
+    chunks (PDF); None for the others.
+    """
 
     source: str
     title: str
@@ -49,6 +70,7 @@ class Document:
     content_hash: str
     metadata: dict[str, Any] = field(default_factory=dict)
     acl_groups: tuple[str, ...] = ()
+    original: StoredFile | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
