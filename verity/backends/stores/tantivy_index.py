@@ -278,7 +278,7 @@ class LexicalIndex:
                         break
                     writer.add_document(_chunk_document(row))
         if self._stop.is_set():  # closing: abandon the build; the next process starts over
-            writer = None
+            del writer  # let go of the directory before removing it
             shutil.rmtree(fresh, ignore_errors=True)
             return
         _commit(writer, horizon=horizon, collection_id=self.key.collection_id)
