@@ -44,7 +44,7 @@ tr.published td{font-style:italic;color:#5b6478;background:#fafafa}
 figcaption{font-size:.85rem;color:#5b6478}code{font-size:.85rem}
 details{margin:.1rem 0}summary{cursor:pointer}.cited{background:#fff6d6}
 .rel{font-weight:600;color:#17803d}.small{font-size:.8rem;color:#5b6478}
-.scroll{max-width:100%;overflow-x:auto}img{max-width:100%;height:auto}
+.scroll{max-width:100%;overflow-x:auto}img{max-width:100%;height:auto}figure{max-width:100%}
 table.provenance td{overflow-wrap:anywhere}details.provenance{margin-top:2rem}
 details.provenance>summary{font-size:1.25rem;font-weight:600}
 tr.significant td{background:#f3f8ff}

@@ -43,6 +43,7 @@ window.addEventListener('load', () => {
     decoded: imgs.filter(i => i.complete && i.naturalWidth > 100 && i.naturalHeight > 100).length,
     tables: tables.length,
     visible_tables: tables.filter(t => t.offsetHeight > 0 && t.offsetWidth > 0).length,
+    collapsed_tables: document.querySelectorAll('details.provenance:not([open]) table').length,
     drilldown_rows: document.querySelectorAll('table.drilldown tbody tr').length,
     published_rows: document.querySelectorAll('table.summary tr.published').length,
     scripts: document.scripts.length,
@@ -84,7 +85,8 @@ def test_retrieval_report_renders_tables_plots_and_drilldown(tmp_path: Path) -> 
     _, report = write_reports(result, provenance(data), tmp_path / "out", data)
     seen = render_in_chromium(report.with_suffix(".html"), tmp_path)
     assert seen["images"] == 3 and seen["decoded"] == 3  # metric bars, latency, recall@k
-    assert seen["tables"] == seen["visible_tables"] >= 4
+    assert seen["tables"] == seen["visible_tables"] >= 3  # summary, differences, drill-down
+    assert seen["collapsed_tables"] == 1  # provenance
     assert seen["drilldown_rows"] == len(QRELS)
     assert seen["published_rows"] >= 1
     assert seen["scripts"] == 1  # the probe: the page itself runs no script

@@ -35,7 +35,7 @@ def test_reports_are_listed_with_kind_dataset_and_headline_numbers(
     assert before.kind == "qa" and before.dataset == "toy" and before.git_commit == "before-commit"
     assert before.metrics["rag"]["accuracy"] == pytest.approx(0.25)
     assert retrieval.kind == "retrieval" and retrieval.dataset == "scifact"
-    assert set(retrieval.metrics["dense-float32"]) == {"ndcg@10", "recall@100", "map"}
+    assert set(retrieval.metrics["dense-float32"]) == {"ndcg@10", "recall@100", "map", "mrr@10"}
     assert retrieval.created_utc and before.created_utc
 
 
