@@ -16,10 +16,12 @@ from verity.core.errors import NotFoundError
 router = APIRouter(include_in_schema=False)
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-ASSETS = {"app.js": "text/javascript", "library.js": "text/javascript", "app.css": "text/css"}
-# Everything comes from this server; nothing inline, nothing from elsewhere.
+ASSETS = {"app.js": "text/javascript", "library.js": "text/javascript", "app.css": "text/css",
+          "evals.js": "text/javascript", "evals.css": "text/css"}
+# Everything comes from this server; nothing inline, nothing from elsewhere. data: images are
+# the plots embedded in evaluation reports.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-          "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+          "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @router.get("/")
