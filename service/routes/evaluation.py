@@ -11,21 +11,27 @@ script could not run it, nor read the API key the web page keeps, nor call the A
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
 from service.deps import AdminDep
-from service.protocol import error_responses
+from service.protocol import ERROR_DESCRIPTIONS, error_responses
 from service.reports_protocol import REPORT_NAME_PATTERN, ReportList, ReportModel
 from verity.core.errors import NotFoundError
 from verity.core.reports import ReportArchive
 
 router = APIRouter(tags=["evaluation"])
 
-_ERRORS = error_responses(400, 401, 403, 404, 422, 429)
-_HTML = {**_ERRORS, 200: {"content": {"text/html": {}}, "description": "a self-contained page"}}
+_CODES = (400, 401, 403, 404, 422, 429)
+_ERRORS = error_responses(*_CODES)
+# A route whose responses are HTML would document its errors as HTML too: they are JSON.
+_HTML: dict[int | str, dict[str, Any]] = {
+    code: {"description": ERROR_DESCRIPTIONS[code], "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} for code in _CODES}
+_HTML[200] = {"description": "a self-contained HTML page",
+              "content": {"text/html": {"schema": {"type": "string"}}}}
 # No script, no request anywhere, an opaque origin; inline styles and embedded plots only.
 PAGE_POLICY = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
