@@ -46,6 +46,10 @@ PLOTS_DECODED = """() => [...document.querySelectorAll('#evals-shown img')]
   .filter((i) => i.complete && i.naturalWidth > 100).length === 3"""
 
 
+PLOTS_ON_THEIR_OWN = """() => [...document.images]
+  .filter((i) => i.complete && i.naturalWidth > 100).length === 3"""
+
+
 def test_list_open_and_compare_reports_in_a_real_browser(
     retrieval_runtime: Runtime, browser_page: Any, tmp_path: Path
 ) -> None:
@@ -112,6 +116,14 @@ def test_list_open_and_compare_reports_in_a_real_browser(
         page.get_by_label(f"Compare {names['retrieval']}").check()
         expect(page.get_by_label(f"Compare {names['before']}")).not_to_be_checked()
         assert page.locator("#evals-shown script, #evals-shown style").count() == 0
+
+        # Opened on its own, a report page is sandboxed yet whole: its styles and plots load.
+        page.set_extra_http_headers({"Authorization": f"Bearer {admin}"})
+        page.goto(f"{url}/v1/eval/reports/{names['retrieval']}")
+        page.wait_for_function(PLOTS_ON_THEIR_OWN)
+        assert page.evaluate("getComputedStyle(document.querySelector('table')).borderCollapse") \
+            == "collapse"
+        assert page.evaluate("window.origin") == "null"  # opaque: no access to the page's key
     if os.environ.get("TEST_SCREENSHOTS_DIR"):
         target = Path(os.environ["TEST_SCREENSHOTS_DIR"])
         for name in ("evaluations-desktop.png", "evaluations-narrow.png"):
