@@ -34,7 +34,13 @@ function showView(view) {
 // The evaluations view loads its script and style sheet the first time it is opened.
 function openEvaluations() {
   if (window.verityEvals) { window.verityEvals.refresh(); return; }
-  if (!$("evals-script")) document.head.append(el("script", { id: "evals-script", src: "/static/evals.js" }));
+  if ($("evals-script")) return;
+  const script = el("script", { id: "evals-script", src: "/static/evals.js" });
+  script.addEventListener("error", () => {
+    script.remove(); // the next visit tries again
+    $("evals-status").textContent = "Could not load the evaluations view; try again.";
+  });
+  document.head.append(script);
 }
 
 async function upload(files) {
