@@ -105,11 +105,14 @@ def test_list_open_and_compare_reports_in_a_real_browser(
         assert 0 <= seen["differences"] < seen["summary"] < seen["provenance"], seen
         assert seen["width"] <= 1280, seen
         assert axe_violations(page) == []
-        page.screenshot(path=str(tmp_path / "evaluations-desktop.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "evaluations-full.png"), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(tmp_path / "evaluations.png"))
 
         page.set_viewport_size({"width": 390, "height": 844})
         assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
-        page.screenshot(path=str(tmp_path / "evaluations-narrow.png"), full_page=True)
+        page.locator("#evals-compare").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "evaluations-narrow.png"))
         page.set_viewport_size({"width": 1280, "height": 900})
 
         # A third tick lets the oldest go; the report's own markup never runs.
@@ -124,7 +127,8 @@ def test_list_open_and_compare_reports_in_a_real_browser(
         assert page.evaluate("getComputedStyle(document.querySelector('table')).borderCollapse") \
             == "collapse"
         assert page.evaluate("window.origin") == "null"  # opaque: no access to the page's key
+    # The README's pictures: TEST_SCREENSHOTS_DIR=docs/screenshots refreshes them.
     if os.environ.get("TEST_SCREENSHOTS_DIR"):
         target = Path(os.environ["TEST_SCREENSHOTS_DIR"])
-        for name in ("evaluations-desktop.png", "evaluations-narrow.png"):
+        for name in ("evaluations.png", "evaluations-narrow.png"):
             (target / name).write_bytes((tmp_path / name).read_bytes())
