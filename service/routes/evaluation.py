@@ -34,7 +34,7 @@ _HTML[200] = {"description": "a self-contained HTML page",
               "content": {"text/html": {"schema": {"type": "string"}}}}
 # No script, no request anywhere, an opaque origin; inline styles and embedded plots only.
 PAGE_POLICY = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-               "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PAGE_HEADERS = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer", "Cache-Control": "private, no-store"}
 NameParam = Annotated[str, Path(max_length=520, pattern=REPORT_NAME_PATTERN,

@@ -106,3 +106,13 @@ def test_the_reports_folder_defaults_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path,
                         eval=EvalSettings(reports_dir=tmp_path / "r"))
     assert settings.reports_dir == tmp_path / "r"
+
+
+def test_runs_without_out_get_a_new_folder_the_archive_can_name(tmp_path: Path) -> None:
+    from verity.cli.eval import default_out
+
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    out = default_out(settings, "qa", "../pop qa/../x")
+    assert out.parent == tmp_path / "reports"
+    validate_report_name(f"{out.name}/qa-x")  # a name the API can serve
+    assert out.name.startswith("qa-pop-qa-x-")

@@ -147,7 +147,7 @@ def eval_retrieval(
 
 def default_out(settings: Settings, kind: str, dataset: str) -> Path:
     """A new folder for a run's reports under the reports folder: ``KIND-DATASET-UTCTIME``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip(".-")[:80] or "dataset"
+    safe = re.sub(r"[^A-Za-z0-9_]+", "-", dataset).strip("-")[:80] or "dataset"
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return settings.reports_dir / f"{kind}-{safe}-{stamp}"
 
