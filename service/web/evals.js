@@ -31,7 +31,8 @@
     reports = (await response.json()).reports;
     ticked = ticked.filter((n) => reports.some((r) => r.name === n));
     render();
-    status(reports.length ? `${reports.length} saved reports.` :
+    const n = reports.length;
+    status(n ? `${n} saved report${n === 1 ? "" : "s"}.` :
       "No saved reports yet: run verity eval retrieval or verity eval qa.");
   }
 
@@ -41,7 +42,7 @@
   }
 
   function row(r, i) {
-    const box = el("input", { type: "checkbox", id: `eval-pick-${i}` });
+    const box = el("input", { type: "checkbox", id: `eval-pick-${i}`, "data-name": r.name });
     box.checked = ticked.includes(r.name);
     box.addEventListener("change", () => tick(r.name, box.checked));
     const open = el("button", { type: "button", class: "linkish" }, r.name);
@@ -59,11 +60,15 @@
     $("evals-compare").disabled = ticked.length !== 2;
   }
 
+  // Updated in place, not re-rendered, so the focus stays on the box just ticked.
   function tick(name, on) {
     ticked = ticked.filter((n) => n !== name);
     if (on) ticked.push(name);
     if (ticked.length > 2) ticked = ticked.slice(-2); // the oldest tick gives way
-    render();
+    for (const box of $("evals").querySelectorAll("input[type=checkbox]")) {
+      box.checked = ticked.includes(box.dataset.name);
+    }
+    $("evals-compare").disabled = ticked.length !== 2;
   }
 
   // The report's body as inert nodes: nothing in it can run, load or submit anything.

@@ -90,7 +90,9 @@ def test_list_open_and_compare_reports_in_a_real_browser(
 
         # Tick two and compare: the differences first, then both side by side.
         page.get_by_label(f"Compare {names['before']}").check()
-        page.get_by_label(f"Compare {names['after']}").check()
+        page.get_by_label(f"Compare {names['after']}").focus()
+        page.keyboard.press("Space")
+        expect(page.get_by_label(f"Compare {names['after']}")).to_be_focused()
         page.get_by_role("button", name="Compare the two ticked").click()
         expect(page.locator("#evals-shown .pair > .report")).to_have_count(2)
         expect(page.locator("#evals-shown .label")).to_have_text(
