@@ -21,13 +21,16 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 JS = "text/javascript"
 ASSETS = {
     "app.js": JS, "library.js": JS, "app.css": "text/css",
-    # Loaded on first use: the cited page of a PDF, drawn by pdf.js in a module worker.
+    # Loaded on first use: the Evaluations view, and the cited page of a PDF, drawn by pdf.js
+    # in a module worker.
+    "evals.js": JS, "evals.css": "text/css",
     "pdfpage.mjs": JS, "vendor/pdfjs/pdf.min.mjs": JS, "vendor/pdfjs/pdf.worker.min.mjs": JS,
 }
 # Everything comes from this server; nothing inline, nothing from elsewhere. pdf.js parses
-# PDFs in a worker started from its own script on this server.
+# PDFs in a worker started from its own script on this server; data: images are the plots
+# embedded in evaluation reports.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-          "img-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'self'; "
+          "img-src 'self' data:; worker-src 'self'; base-uri 'none'; form-action 'self'; "
           "frame-ancestors 'none'")
 
 

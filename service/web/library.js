@@ -21,12 +21,26 @@ function showView(view) {
   $("library-view").hidden = !library;
   $("keys-view").hidden = view !== "keys";
   $("ask-view").hidden = view !== "ask";
+  $("evals-view").hidden = view !== "evals";
   if (view === "keys") refreshKeys();
+  if (view === "evals") openEvaluations();
   for (const b of document.querySelectorAll(".views button")) {
     if (b.dataset.view === view) b.setAttribute("aria-current", "page");
     else b.removeAttribute("aria-current");
   }
   if (library) refreshLibrary();
+}
+
+// The evaluations view loads its script and style sheet the first time it is opened.
+function openEvaluations() {
+  if (window.verityEvals) { window.verityEvals.refresh(); return; }
+  if ($("evals-script")) return;
+  const script = el("script", { id: "evals-script", src: "/static/evals.js" });
+  script.addEventListener("error", () => {
+    script.remove(); // the next visit tries again
+    $("evals-status").textContent = "Could not load the evaluations view; try again.";
+  });
+  document.head.append(script);
 }
 
 async function upload(files) {

@@ -230,6 +230,8 @@ def test_serve_runs_the_upload_worker_and_stops_it_on_sigterm(tmp_path: Path) ->
             assert time.monotonic() < deadline, job
             time.sleep(0.5)
         assert job["status"] == "done", job
+        # verity serve hands the service the reports folder (none saved yet).
+        assert httpx.get(f"{base}/v1/eval/reports").json() == {"reports": []}
     finally:
         log = _stop(proc)
     assert proc.returncode == 0, log
