@@ -357,6 +357,16 @@ class MemoryStore:
                     return stored.info, near
         raise NotFoundError("no such chunk; search for it first")
 
+    def list_chunks(self, doc_id: str, *, where: SearchFilter | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[DocumentInfo, list[Chunk]]:
+        """The document of that id, if ``where`` allows it, and a page of its chunks."""
+        info = self.get_document(doc_id, where=where)
+        for found in self._collections.values():
+            stored = next((s for s in found.documents.values() if s.info.id == doc_id), None)
+            if stored is not None:
+                return info, sorted(stored.chunks, key=lambda c: c.ordinal)[offset:offset + limit]
+        raise NotFoundError("no such document; list documents with GET /v1/documents")
+
     def delete_document_by_id(self, doc_id: str) -> bool:
         """Delete the document of that id; returns whether it existed."""
         for found in self._collections.values():

@@ -213,6 +213,16 @@ class Store(Protocol):
         """
         ...
 
+    def list_chunks(self, doc_id: str, *, where: SearchFilter | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[DocumentInfo, list[Chunk]]:
+        """A document of the tenant that ``where`` allows and one page of its chunks, in
+        reading order (``offset`` chunks skipped, at most ``limit`` returned).
+
+        Raises:
+            NotFoundError: no such document, or ``where`` hides it.
+        """
+        ...
+
     def delete_document_by_id(self, doc_id: str) -> bool:
         """Delete a document of the tenant and its chunks; returns whether it existed."""
         ...
