@@ -375,8 +375,9 @@ def test_a_documents_chunks_are_listed_a_page_at_a_time_to_who_may_read_it(
     assert [c["ordinal"] for c in body["chunks"]] == list(range(doc["chunk_count"]))
     first = body["chunks"][0]
     assert set(first) == {"chunk_id", "ordinal", "heading", "page", "token_count", "text"}
-    assert first["heading"].startswith("Bands > Part 0") and first["token_count"] > 0
-    assert "Salary band 0" in first["text"] and first["page"] is None
+    assert first["token_count"] > 0 and first["page"] is None
+    band = next(c for c in body["chunks"] if "Salary band 2" in c["text"])
+    assert band["heading"] == "Bands > Part 2", band
     page = client.get(url, headers=_auth(acme.hr), params={"limit": 2, "offset": 1}).json()
     assert page["chunks"] == body["chunks"][1:3] and (page["limit"], page["offset"]) == (2, 1)
     # Outside the document's groups, in another tenant or unknown: the same 404.
