@@ -286,6 +286,10 @@ class IngestPipeline:
                 before_write()
             writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
             try:
+                # Checked again before every batch: a re-embed started since the run began
+                # accepts only its target's vectors.
+                self.store.check_vectors(collection, backend=self.embedder.settings.backend,
+                                         precision=self.embedder.precision, writing=True)
                 results = self.store.write_documents(collection=collection, documents=writes)
             except RagError as e:
                 results = [e] * len(writes)

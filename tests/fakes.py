@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from verity.backends.stores.pgvector_store import query_compatible
+from verity.backends.stores.pgvector_store import query_compatible, vectors_compatible
 from verity.core.errors import ConfigError, ConflictError, NotFoundError, RagError
 from verity.core.lexical import BM25_B, BM25_K1
 from verity.core.protocols import DocumentWrite
@@ -236,10 +236,12 @@ class MemoryStore:
         self.check_vectors(name, backend=embed_backend, precision=embed_precision)
         found.backend, found.precision = embed_backend, embed_precision
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
         """Refuse vectors of a precision that cannot be compared with the collection's."""
         found = self._collection(name)
-        if not query_compatible(found.precision, precision):
+        compatible = vectors_compatible if writing else query_compatible
+        if not compatible(found.precision, precision):
             raise ConfigError(f"collection {name!r} holds {found.precision} vectors, not "
                               f"{precision} ones: use a {found.precision} embedder, or a new collection")
 

@@ -24,6 +24,7 @@ from verity.backends.embedders import LocalEmbedder
 from verity.backends.onnx_embedder import OnnxEmbedder
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.collection_vectors import read_state
+from verity.backends.stores.jobs import REEMBED_CANCELLED
 from verity.backends.stores.pgvector_store import PgvectorStore
 from verity.core.errors import ConfigError
 from verity.core.settings import ChunkingSettings, EmbedderSettings, RetrievalSettings, WorkerSettings
@@ -226,7 +227,7 @@ def test_the_api_queues_a_re_embed_job_for_admins_of_the_tenant(
     assert plain.status_code == 200 and plain.json()["chunks"] == chunks
 
 
-def test_a_cancelled_re_embed_job_stops_and_a_new_one_resumes(
+def test_a_cancelled_re_embed_job_never_runs_and_another_can_be_queued(
         api: TestClient, retrieval_runtime: Runtime, float32_embedder: OnnxEmbedder,
         collection: str) -> None:
     runtime = retrieval_runtime
@@ -238,10 +239,38 @@ def test_a_cancelled_re_embed_job_stops_and_a_new_one_resumes(
     job_id = api.post(url, json=body, headers=bearer(admin)).json()["job_id"]
     cancelled = api.post(f"/v1/jobs/{job_id}/cancel", headers=bearer(admin))
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["error"] == REEMBED_CANCELLED
     worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
                           chunking=runtime.settings.chunking, settings=WorkerSettings())
     assert worker.run_pending() == 0
+    # A running one stops at its next progress report, leaving the re-embed unfinished.
+    running_id = api.post(url, json=body, headers=bearer(admin)).json()["job_id"]
+    job = worker.queue.claim(worker=worker.name, job_id=running_id)
+    assert job is not None and job.kind == "reembed"
+    assert api.post(f"/v1/jobs/{running_id}/cancel", headers=bearer(admin)).status_code == 200
+    ended = worker.run(job)
+    assert ended is not None and ended.status == "cancelled"
+    assert _state(store, collection).target_precision == "int8"
     again = api.post(url, json=body, headers=bearer(admin))
     assert again.status_code == 202, again.text
     assert worker.run_pending() == 1
-    assert _state(store, collection).precision == "int8"
+    state = _state(store, collection)
+    assert (state.precision, state.reembedding) == ("int8", False)
+
+
+def test_an_ingest_already_running_when_a_re_embed_starts_writes_no_old_vectors(
+        store: PgvectorStore, embedder: LocalEmbedder, float32_embedder: OnnxEmbedder,
+        collection: str) -> None:
+    from verity.backends.stores.reembed import Embedding, start_reembed
+
+    _ingest(store, float32_embedder, collection, {"fever.md": TOPICS["fever.md"]})
+    target = Embedding(model=embedder.name, dim=embedder.dim, backend="onnx", precision="int8")
+    docs = [Document(source="keys.md", title="keys.md", sections=(Section(TOPICS["keys.md"]),),
+                     content_hash="h-keys")]
+    pipeline = IngestPipeline(store=store, embedder=float32_embedder, chunking=ChunkingSettings())
+    # the run checked the collection at its start; the re-embed begins before its first write
+    report = pipeline.ingest_documents(docs, collection=collection, before_write=lambda: (
+        start_reembed(store._db, tenant=store.tenant, name=collection, target=target), None)[1])
+    assert [s for s, _ in report.failed] == ["keys.md"]
+    assert "is being re-embedded into int8" in report.failed[0][1]
+    assert {source for source, _ in _vectors(store, collection)} == {"fever.md"}

@@ -90,8 +90,11 @@ class Store(Protocol):
         """
         ...
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
-        """Refuse an embedder whose vectors cannot be compared with the collection's.
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
+        """Refuse an embedder whose vectors cannot be compared with the collection's: as a
+        query embedder, or with ``writing`` as one whose document vectors are about to be
+        written (while a re-embed runs, only the target's may be).
 
         Raises:
             NotFoundError: the tenant has no collection of that name.

@@ -122,6 +122,8 @@ RETURNING {_COLUMNS}
 """
 
 CANCELLED = "cancelled before it finished; files ingested until then stay in the collection"
+REEMBED_CANCELLED = ("cancelled before it finished; chunks re-embedded until then keep their "
+                     "new vectors, and re-embedding again with the same embedder resumes after them")
 
 COUNT_BY_STATUS = "SELECT status, count(*) FROM jobs GROUP BY status"
 
@@ -260,8 +262,9 @@ class JobQueue:
         """
         job = self.get(job_id, tenant=tenant)
         with self._db.pool.connection() as conn, conn.transaction():
+            message = REEMBED_CANCELLED if job.kind == "reembed" else CANCELLED
             row = conn.execute(CANCEL, {"id": job.id, "tenant": tenant,
-                                        "error": CANCELLED}).fetchone()
+                                        "error": message}).fetchone()
             if row is not None:
                 conn.execute(DELETE_FILES, {"id": job.id})
         if row is None:

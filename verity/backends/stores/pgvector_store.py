@@ -89,15 +89,18 @@ class PgvectorStore:
             conn.execute(q.SET_COLLECTION_VECTORS, {"id": cid, **made})
             conn.execute(q.create_binary_index(collection_id=cid, dim=dim))
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
-        """Refuse a query embedder whose vectors cannot be compared with the collection's.
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
+        """Refuse a query embedder (or with ``writing``, a writer) whose vectors cannot be
+        compared with the collection's.
 
         Raises:
             NotFoundError: no such collection.
             ConfigError: the collection's vectors were made in an incompatible precision.
         """
         with self._db.pool.connection() as conn:
-            self._check_vectors(conn, name, backend=backend, precision=precision, query=True)
+            self._check_vectors(conn, name, backend=backend, precision=precision,
+                                query=not writing)
 
     def _check_vectors(self, conn: psycopg.Connection[Any], name: str, *, backend: str,
                        precision: str, query: bool = False) -> None:
