@@ -120,8 +120,15 @@ class IngestWorker:
                 raise JobLost(job.id)
 
         error: str | None = None
+        reembedder = Reembedder(self.db, self.embedder)
+        asked = (job.metadata.get("backend"), job.metadata.get("precision"))
+        if asked != (reembedder.target.backend, reembedder.target.precision):
+            return self.queue.end(job, JobProgress(), error=(
+                f"the re-embed asked for {asked[1]} vectors ({asked[0]}), and this worker "
+                f"embeds {reembedder.target.precision} ones ({reembedder.target.backend}): run "
+                "it on a worker with the service's embedder settings"))
         try:
-            report = Reembedder(self.db, self.embedder).run(
+            report = reembedder.run(
                 tenant=job.tenant, collection=job.collection, progress=progress)
             done = report.total
             self.queue.report_chunks(job, done=done, total=done)

@@ -168,7 +168,9 @@ def reembed(runtime: Runtime, principal: Principal, collection: str) -> ReembedA
     target = Embedding(model=e.name, dim=e.dim, backend=e.settings.backend, precision=e.precision)
     chunks = check_reembed(runtime.db, tenant=principal.tenant, name=collection, target=target)
     job_id = JobQueue(runtime.db).enqueue_reembed(tenant=principal.tenant, collection=collection,
-                                                  chunks_total=chunks)
+                                                  chunks_total=chunks,
+                                                  backend=target.backend,
+                                                  precision=target.precision)
     return ReembedAccepted(collection=collection, job_id=job_id, chunks=chunks)
 
 

@@ -24,10 +24,17 @@ from verity.backends.embedders import LocalEmbedder
 from verity.backends.onnx_embedder import OnnxEmbedder
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.collection_vectors import read_state
+from verity.backends.stores.faiss_index import FaissAccelerator
 from verity.backends.stores.jobs import REEMBED_CANCELLED
 from verity.backends.stores.pgvector_store import PgvectorStore
 from verity.core.errors import ConfigError
-from verity.core.settings import ChunkingSettings, EmbedderSettings, RetrievalSettings, WorkerSettings
+from verity.core.settings import (
+    ChunkingSettings,
+    EmbedderSettings,
+    FaissSettings,
+    RetrievalSettings,
+    WorkerSettings,
+)
 from verity.core.types import Document, Section
 
 pytestmark = pytest.mark.integration
@@ -95,6 +102,9 @@ def test_float32_documents_re_embedded_into_int8_search_as_a_fresh_int8_ingest(
     before = _vectors(store, old)
     assert (_state(store, old).backend, _state(store, old).precision) == ("onnx", "float32")
 
+    faiss = FaissAccelerator(store._db, data_dir=retrieval_runtime.settings.data_dir,
+                             settings=FaissSettings())
+    manifest = faiss.manifest(old)
     seen: list[tuple[int, int]] = []
     # All chunks in one batch, as the fresh ingest embedded them: int8 activations are
     # quantized per batch, so only the same batching gives the same vectors.
@@ -110,6 +120,9 @@ def test_float32_documents_re_embedded_into_int8_search_as_a_fresh_int8_ingest(
     assert np.mean(cos_before) < 0.999  # and they were not before
     state = _state(store, old)
     assert (state.backend, state.precision, state.reembedding) == ("onnx", "int8", False)
+    # same ids and hashes, new vectors: saved FAISS files no longer match, and are rebuilt
+    assert faiss.manifest(old).chunk_count == manifest.chunk_count
+    assert faiss.manifest(old) != manifest
     listed = {s.name: s for s in store.stats()}[old]
     assert (listed.embed_backend, listed.embed_precision, listed.reembed_precision) == (
         "onnx", "int8", None)
@@ -274,3 +287,23 @@ def test_an_ingest_already_running_when_a_re_embed_starts_writes_no_old_vectors(
     assert [s for s, _ in report.failed] == ["keys.md"]
     assert "is being re-embedded into int8" in report.failed[0][1]
     assert {source for source, _ in _vectors(store, collection)} == {"fever.md"}
+
+
+def test_a_worker_with_other_embedder_settings_fails_the_job_and_changes_nothing(
+        retrieval_runtime: Runtime, store: PgvectorStore, float32_embedder: OnnxEmbedder,
+        collection: str) -> None:
+    from verity.backends.stores.jobs import JobQueue
+
+    _ingest(store, float32_embedder, collection, {"fever.md": TOPICS["fever.md"]})
+    queue = JobQueue(store._db)
+    job_id = queue.enqueue_reembed(tenant=store.tenant, collection=collection, chunks_total=1,
+                                   backend="onnx", precision="int8")
+    worker = IngestWorker(db=store._db, embedder=float32_embedder,
+                          chunking=retrieval_runtime.settings.chunking, settings=WorkerSettings())
+    job = queue.claim(worker=worker.name, job_id=job_id)
+    assert job is not None
+    ended = worker.run(job)
+    assert ended is not None and ended.status == "failed"
+    assert "asked for int8 vectors (onnx), and this worker embeds float32" in str(ended.error)
+    state = _state(store, collection)
+    assert (state.precision, state.reembedding) == ("float32", False)

@@ -60,7 +60,8 @@ def _re_embed(runtime: Runtime, name: str) -> None:
     target = Embedding(model=e.name, dim=e.dim, backend=e.settings.backend, precision=e.precision)
     total = check_reembed(runtime.db, tenant=tenant, name=name, target=target)
     queue = JobQueue(runtime.db)
-    job_id = queue.enqueue_reembed(tenant=tenant, collection=name, chunks_total=total)
+    job_id = queue.enqueue_reembed(tenant=tenant, collection=name, chunks_total=total,
+                                   backend=target.backend, precision=target.precision)
     worker = IngestWorker(db=runtime.db, embedder=e, chunking=runtime.settings.chunking,
                           settings=runtime.settings.worker)
     job = queue.claim(worker=worker.name, job_id=job_id)

@@ -55,8 +55,8 @@ RETURNING {_COLUMNS}
 """
 
 INSERT_REEMBED = """
-INSERT INTO jobs (tenant, collection, kind, chunks_total)
-SELECT %(tenant)s, %(collection)s, 'reembed', %(chunks_total)s
+INSERT INTO jobs (tenant, collection, kind, chunks_total, metadata)
+SELECT %(tenant)s, %(collection)s, 'reembed', %(chunks_total)s, %(target)s
 WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = %(tenant)s AND collection = %(collection)s
                   AND kind = 'reembed' AND status IN ('queued', 'running'))
 RETURNING id::text
@@ -164,15 +164,19 @@ class JobQueue:
                 ])
         return job_id
 
-    def enqueue_reembed(self, *, tenant: str, collection: str, chunks_total: int) -> str:
-        """Queue a re-embed of a collection; returns the job id.
+    def enqueue_reembed(self, *, tenant: str, collection: str, chunks_total: int,
+                        backend: str, precision: str) -> str:
+        """Queue a re-embed of a collection into vectors of ``backend`` and ``precision`` (kept
+        in the job's metadata); returns the job id.
 
         Raises:
             ConflictError: a re-embed of the collection is already queued or running.
         """
         with self._db.pool.connection() as conn:
+            target = json.dumps({"backend": backend, "precision": precision})
             row = conn.execute(INSERT_REEMBED, {"tenant": tenant, "collection": collection,
-                                                "chunks_total": chunks_total}).fetchone()
+                                                "chunks_total": chunks_total,
+                                                "target": target}).fetchone()
         if row is None:
             raise ConflictError(f"a re-embed of collection {collection!r} is already queued or "
                                 "running; follow it in GET /v1/jobs, or cancel it first")
