@@ -286,11 +286,11 @@ class IngestPipeline:
                 before_write()
             writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
             try:
-                # Checked again before every batch: a re-embed started since the run began
-                # accepts only its target's vectors.
-                self.store.check_vectors(collection, backend=self.embedder.settings.backend,
-                                         precision=self.embedder.precision, writing=True)
-                results = self.store.write_documents(collection=collection, documents=writes)
+                # Checked again in every batch's transaction: a re-embed started since the
+                # run began accepts only its target's vectors.
+                results = self.store.write_documents(
+                    collection=collection, documents=writes,
+                    vectors=(self.embedder.settings.backend, self.embedder.precision))
             except RagError as e:
                 results = [e] * len(writes)
             for (p, _), result in zip(batch, results, strict=True):

@@ -274,11 +274,14 @@ class MemoryStore:
         return out
 
     def write_document(
-        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray
+        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         """Replace the document and its chunks; returns its id."""
         if len(chunks) != len(embeddings):
             raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+        if vectors is not None:
+            self.check_vectors(collection, backend=vectors[0], precision=vectors[1], writing=True)
         found = self._collection(collection)
         if len(embeddings) and embeddings.shape[1] != found.embed_dim:
             raise ConfigError(f"embeddings are {embeddings.shape[1]}-d; collection {collection!r} "
@@ -293,8 +296,8 @@ class MemoryStore:
             np.asarray(embeddings, dtype=np.float32))
         return doc_id
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write each document as :meth:`write_document` does; its id or its error, in order."""
         self._collection(collection)
         results: list[str | RagError] = []
@@ -303,7 +306,8 @@ class MemoryStore:
                 if len(w.chunks) != len(w.embeddings):
                     raise ConfigError(f"{len(w.chunks)} chunks but {len(w.embeddings)} embeddings")
                 results.append(self.write_document(collection=collection, document=w.document,
-                                                   chunks=w.chunks, embeddings=w.embeddings))
+                                                   chunks=w.chunks, embeddings=w.embeddings,
+                                                   vectors=vectors))
             except RagError as e:
                 results.append(e)
         return results

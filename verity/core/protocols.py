@@ -132,24 +132,29 @@ class Store(Protocol):
         ...
 
     def write_document(
-        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray
+        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         """Replace a document and all its chunks in one transaction; returns its id.
 
         The id is ``document_id(collection=f"{tenant}/{collection}", source=document.source)``,
         so writing the same source again replaces it, and writing the same content again
-        leaves the same rows.
+        leaves the same rows. With ``vectors`` (the backend and precision that made the
+        embeddings), they are checked as :meth:`check_vectors` with ``writing`` does, in the
+        write's own transaction: a re-embed that starts meanwhile either re-embeds what
+        this write commits or makes it fail.
 
         Raises:
             ValueError: ``chunks`` and ``embeddings`` differ in length.
             NotFoundError: the collection does not exist (create it first).
-            ConfigError: the embeddings have another dimension than the collection.
+            ConfigError: the embeddings have another dimension than the collection, or
+                ``vectors`` may not be written into it.
             StoreError: the write failed; nothing of it is visible.
         """
         ...
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write many documents, each as :meth:`write_document` would; faster than one call each.
 
         Returns, for each document in order, its id or the error that kept it out

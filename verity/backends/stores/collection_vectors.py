@@ -9,7 +9,7 @@ must then be compatible with both, and only the target's vectors may be written.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -37,13 +37,15 @@ class VectorState:
 
 
 def read_state(conn: psycopg.Connection[Any], *, tenant: str, name: str,
-               lock: bool = False) -> VectorState:
-    """The collection's vector state; with ``lock``, its row stays locked for the transaction.
+               lock: Literal["update", "share"] | None = None) -> VectorState:
+    """The collection's vector state; with ``lock``, its row stays locked (``FOR UPDATE`` or
+    ``FOR SHARE``) for the rest of the transaction.
 
     Raises:
         NotFoundError: no such collection.
     """
-    query = q.LOCK_COLLECTION_VECTORS if lock else q.GET_COLLECTION_VECTORS
+    query = {None: q.GET_COLLECTION_VECTORS, "update": q.LOCK_COLLECTION_VECTORS,
+             "share": q.SHARE_COLLECTION_VECTORS}[lock]
     row = conn.execute(query, {"tenant": tenant, "name": name}).fetchone()
     if row is None:
         raise NotFoundError(f"collection {name!r} does not exist; ingest documents into it first")

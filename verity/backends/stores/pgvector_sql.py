@@ -463,6 +463,9 @@ def set_ef_search(ef: int) -> sql.Composed:
 # --- Re-embedding a collection in place (verity/backends/stores/reembed.py). ---
 
 LOCK_COLLECTION_VECTORS = GET_COLLECTION_VECTORS.rstrip() + " FOR UPDATE\n"
+# Writers of chunks hold this until they commit: a re-embed starts (FOR UPDATE) only once
+# they have, and a writer that locks after it sees the re-embed.
+SHARE_COLLECTION_VECTORS = GET_COLLECTION_VECTORS.rstrip() + " FOR SHARE\n"
 
 START_REEMBED = """
 UPDATE collections SET embed_backend = %(backend)s, embed_precision = %(precision)s,

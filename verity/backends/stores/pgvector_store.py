@@ -143,6 +143,7 @@ class PgvectorStore:
         document: Document,
         chunks: Sequence[Chunk],
         embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         if len(chunks) != len(embeddings):
             raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
@@ -150,6 +151,7 @@ class PgvectorStore:
         write = DocumentWrite(document, chunks, embeddings)
         try:
             with self._db.pool.connection() as conn, conn.transaction():
+                self._lock_for_writing(conn, collection, vectors)
                 cid, _, dim = self._collection(conn, collection)
                 problem = write_problem(write, dim=dim, collection=collection)
                 if problem is not None:
@@ -160,8 +162,8 @@ class PgvectorStore:
             raise refused(document.source, e) from e
         return doc_id
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write many documents in one transaction, or one by one when that fails.
 
         One transaction with one ``COPY`` for all chunks and one for all postings is
@@ -187,21 +189,35 @@ class PgvectorStore:
         writes = sorted(latest.items(), key=lambda item: item[0])
         try:
             with self._db.pool.connection() as conn, conn.transaction():
+                self._lock_for_writing(conn, collection, vectors)
                 write_rows(conn, collection_id=cid, dim=dim, writes=writes)
+        except ConfigError as e:  # these vectors may not be written into the collection
+            return [r if isinstance(r, RagError) else e for r in results]
         except psycopg.Error as e:
             log.info("writing %d documents together failed (%s); writing them one by one",
                      len(writes), first_line(e))
-            return [self._write_alone(collection, write, result)
+            return [self._write_alone(collection, write, result, vectors)
                     for write, result in zip(documents, results, strict=True)]
         return results
 
-    def _write_alone(self, collection: str, write: DocumentWrite,
-                     result: str | RagError) -> str | RagError:
+    def _lock_for_writing(self, conn: psycopg.Connection[Any], collection: str,
+                          vectors: tuple[str, str] | None) -> None:
+        """Lock the collection's row for share and refuse ``vectors`` it may not take."""
+        if vectors is None:
+            return
+        state = read_state(conn, tenant=self.tenant, name=collection, lock="share")
+        problem = write_refusal(state, name=collection, backend=vectors[0], precision=vectors[1])
+        if problem is not None:
+            raise problem
+
+    def _write_alone(self, collection: str, write: DocumentWrite, result: str | RagError,
+                     vectors: tuple[str, str] | None) -> str | RagError:
         if isinstance(result, RagError):
             return result
         try:
             return self.write_document(collection=collection, document=write.document,
-                                       chunks=write.chunks, embeddings=write.embeddings)
+                                       chunks=write.chunks, embeddings=write.embeddings,
+                                       vectors=vectors)
         except RagError as e:
             return e
 

@@ -111,7 +111,7 @@ def start_reembed(db: Database, *, tenant: str, name: str, target: Embedding) ->
         ConfigError: another model or dimension.
     """
     with db.pool.connection() as conn, conn.transaction():
-        state = read_state(conn, tenant=tenant, name=name, lock=True)
+        state = read_state(conn, tenant=tenant, name=name, lock="update")
         check_target(state, name=name, target=target)
         backend, precision, after = state.backend, state.precision, None
         if (state.target_backend, state.target_precision) == (target.backend, target.precision):
