@@ -18,6 +18,15 @@ function collectionName() { return $("collection").value || "default"; }
 
 function libraryStatus(text) { $("library-status").textContent = text; }
 
+function showVectors() {
+  // What made the collection's vectors, so people see when a re-embed is due or running.
+  const option = $("collection").selectedOptions[0];
+  const vectors = option ? option.dataset.vectors : "";
+  const moving = option ? option.dataset.reembedding : "";
+  $("collection-vectors").textContent = !vectors ? ""
+    : `Vectors: ${vectors}` + (moving ? `, being re-embedded into ${moving}.` : ".");
+}
+
 function showView(view) {
   const library = view === "library";
   $("library-view").hidden = !library;
@@ -132,7 +141,7 @@ async function refreshJobs() {
   $("jobs").replaceChildren(...jobs.map(jobItem));
   if (!jobs.length) $("jobs").append(el("li", { class: "meta" }, "No uploads into this collection yet."));
   const running = jobs.some((j) => ACTIVE.has(j.status));
-  if (wasRunning && !running) loadCollections(); // new document counts
+  if (wasRunning && !running) loadCollections().then(showVectors); // new counts and vectors
   wasRunning = running;
   if (running && !$("library-view").hidden) pollTimer = setTimeout(refreshJobs, POLL_MS);
   if (!running || jobs.some((j) => j.progress.files_done)) await refreshDocuments();
@@ -152,6 +161,7 @@ async function refreshDocuments() {
     $("docs-more").textContent = body.total > body.documents.length
       ? `Showing ${body.documents.length} of ${body.total} documents.` : "";
   }
+  showVectors();
   renderDocuments();
 }
 
@@ -248,6 +258,7 @@ async function reindex() {
   const body = await response.json();
   if (reembed) {
     libraryStatus(`Re-embedding ${name}: ${body.chunks} chunks; it stays searchable meanwhile.`);
+    await loadCollections();
     await refreshJobs();
     return;
   }

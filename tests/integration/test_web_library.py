@@ -177,6 +177,7 @@ def test_a_documents_chunks_expand_and_a_collection_is_re_embedded_in_a_real_bro
         page.get_by_role("button", name="Documents").click()
         page.get_by_label("Collection", exact=True).select_option(collection)
         expect(page.locator("#docs tr[data-doc]")).to_have_count(1)
+        expect(page.locator("#collection-vectors")).to_have_text("Vectors: float32 (onnx).")
 
         # The row expands to its first 20 chunks, then the rest, and collapses by keyboard.
         toggle = page.get_by_role("button", name="Show the chunks of rules.md")
@@ -209,5 +210,6 @@ def test_a_documents_chunks_expand_and_a_collection_is_re_embedded_in_a_real_bro
         with worker.running():
             expect(job.locator(".job-head .pill")).to_have_text("done", timeout=60_000)
         expect(job.locator(".job-head")).to_contain_text(f"{chunks} of {chunks} chunks")
+        expect(page.locator("#collection-vectors")).to_have_text("Vectors: int8 (onnx).")
     [stats] = [s for s in runtime.store.stats() if s.name == collection]
     assert (stats.embed_backend, stats.embed_precision) == ("onnx", "int8")
