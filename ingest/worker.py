@@ -1,4 +1,6 @@
-"""The ingestion worker: claims queued upload jobs and runs them through the pipeline.
+"""The ingestion worker: claims queued jobs, uploads (run through the pipeline) and
+re-embeds of a collection (run by :class:`ingest.reembed.Reembedder` with this worker's
+embedder, which must be the one the job asked for).
 
 It runs as a background thread of ``verity serve`` or on its own as ``verity
 worker``; any number of workers may share one database. Each job's files are
