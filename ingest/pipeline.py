@@ -287,7 +287,11 @@ class IngestPipeline:
             writes = [DocumentWrite(self._kept(p.document), p.chunks, vectors)
                       for p, vectors in batch]
             try:
-                results = self.store.write_documents(collection=collection, documents=writes)
+                # Checked again in every batch's transaction: a re-embed started since the
+                # run began accepts only its target's vectors.
+                results = self.store.write_documents(
+                    collection=collection, documents=writes,
+                    vectors=(self.embedder.settings.backend, self.embedder.precision))
             except RagError as e:
                 results = [e] * len(writes)
             for (p, _), result in zip(batch, results, strict=True):

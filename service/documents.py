@@ -21,10 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from service.metrics import Metrics
 from service.protocol import (
     ChunkContext,
+    ChunkList,
     DocumentList,
     DocumentModel,
     JobList,
     JobResponse,
+    ReembedAccepted,
     ReindexResponse,
     UploadAccepted,
 )
@@ -33,7 +35,7 @@ from verity.backends.embedders import LocalEmbedder
 from verity.backends.stores.api_keys import Principal
 from verity.backends.stores.document_files import DocumentFile, DocumentFiles
 from verity.backends.stores.jobs import JobQueue
-from verity.backends.stores.pgvector_store import reindex_collection
+from verity.backends.stores.reembed import Embedding, check_reembed, reindex_collection
 from verity.core.errors import ConfigError, ForbiddenError, NotFoundError
 from verity.core.protocols import Store
 from verity.core.types import SearchFilter, UploadedFile
@@ -155,6 +157,36 @@ def reindex(runtime: Runtime, principal: Principal, collection: str) -> ReindexR
     indexes, chunks = reindex_collection(runtime.db, tenant=principal.tenant, name=collection)
     return ReindexResponse(collection=collection, indexes=indexes, chunks=chunks,
                            seconds=round(time.perf_counter() - started, 3))
+
+
+def reembed(runtime: Runtime, principal: Principal, collection: str) -> ReembedAccepted:
+    """Queue a re-embed of a collection with the server's embedder.
+
+    Raises:
+        NotFoundError: the tenant has no such collection (404).
+        ConfigError: the collection holds another model or dimension (400).
+        ConflictError: a re-embed of it is already queued or running (409).
+    """
+    e = runtime.embedder
+    target = Embedding(model=e.name, dim=e.dim, backend=e.settings.backend, precision=e.precision)
+    chunks = check_reembed(runtime.db, tenant=principal.tenant, name=collection, target=target)
+    job_id = JobQueue(runtime.db).enqueue_reembed(tenant=principal.tenant, collection=collection,
+                                                  chunks_total=chunks,
+                                                  backend=target.backend,
+                                                  precision=target.precision)
+    return ReembedAccepted(collection=collection, job_id=job_id, chunks=chunks)
+
+
+def list_chunks(runtime: Runtime, principal: Principal, doc_id: str, *, limit: int,
+                offset: int) -> ChunkList:
+    """One page of the chunks of a document the caller may see, in reading order.
+
+    Raises:
+        NotFoundError: no such document in the caller's tenant, or its groups hide it (404).
+    """
+    document, chunks = _store(runtime, principal).list_chunks(
+        doc_id, where=_visible(principal), limit=limit, offset=offset)
+    return ChunkList.of(document, chunks, limit=limit, offset=offset)
 
 
 def list_documents(runtime: Runtime, principal: Principal, *, collection: str, limit: int,

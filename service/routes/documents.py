@@ -10,6 +10,7 @@ from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     COLLECTION_PATTERN,
     ChunkContext,
+    ChunkList,
     DocumentList,
     JobList,
     JobResponse,
@@ -121,6 +122,18 @@ def get_document_file(doc_id: str, runtime: RuntimeDep, principal: PrincipalDep)
         "Cache-Control": "private, no-cache",
         "ETag": f'"{kept.sha256}"',
     })
+
+
+@router.get("/v1/documents/{doc_id}/chunks", response_model=ChunkList, responses=_ERRORS)
+def list_document_chunks(
+    doc_id: str,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ChunkList:
+    """A document the caller may read and one page of its chunks, in reading order."""
+    return documents.list_chunks(runtime, principal, doc_id, limit=limit, offset=offset)
 
 
 @router.delete("/v1/documents/{doc_id}", status_code=204, response_class=Response,

@@ -59,7 +59,8 @@ async function loadCollections() {
   const body = await response.json();
   const previous = select.value;
   select.replaceChildren(...body.collections.map((c) =>
-    el("option", { value: c.name }, `${c.name} (${c.documents} documents)`)));
+    el("option", { value: c.name, "data-vectors": c.precision ? `${c.precision} (${c.backend})` : "",
+      "data-reembedding": c.re_embedding_to || "" }, `${c.name} (${c.documents} documents)`)));
   if (previous) select.value = previous;
   if (!body.collections.length) setStatus("No collections yet: ingest some documents first.");
 }

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 AnswerStatus = Literal["answered", "abstained", "generation_unavailable"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+# What a job does: ingest uploaded files, or re-embed a collection's chunks in place.
+JobKind = Literal["ingest", "reembed"]
 
 
 def document_id(*, collection: str, source: str) -> str:
@@ -137,6 +139,10 @@ class CollectionStats:
     chunks: int
     embed_model: str | None
     embed_dim: int | None
+    embed_backend: str | None = None
+    embed_precision: str | None = None
+    reembed_precision: str | None = None
+    """While a re-embed runs: the precision the vectors are moving to."""
 
 
 FilterOp = Literal["eq", "in", "gt", "gte", "lt", "lte"]
@@ -213,7 +219,8 @@ class JobProgress:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """An ingestion job: uploaded files to load into one collection of one tenant.
+    """A job on one collection of one tenant: uploaded files to ingest, or (``kind``
+    ``reembed``) the collection's chunks to embed again, ``chunks_total`` of them.
 
     ``attempt`` is the number of times a worker claimed it; a worker's updates
     only apply while the job is still on the attempt it claimed.
@@ -233,6 +240,8 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     files: tuple[str, ...] = ()
+    kind: JobKind = "ingest"
+    chunks_total: int = 0
 
 
 FeedbackRating = Literal["up", "down"]

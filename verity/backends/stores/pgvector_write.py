@@ -55,7 +55,7 @@ def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
         with cur.copy(q.COPY_CHUNKS) as copy:
             copy.set_types(q.COPY_CHUNK_TYPES)
             for (doc_id, w), counts in zip(writes, terms, strict=True):
-                codes = _bit_codes(w.embeddings, dim=dim)
+                codes = bit_codes(w.embeddings, dim=dim)
                 for chunk, tf, vector, code in zip(w.chunks, counts, w.embeddings, codes,
                                                    strict=True):
                     copy.write_row((chunk.id, doc_id, collection_id, chunk.ordinal, chunk.text,
@@ -69,7 +69,7 @@ def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
                     copy.write_row((chunk.id, collection_id, ordered, [tf[t] for t in ordered]))
 
 
-def _bit_codes(embeddings: np.ndarray, *, dim: int) -> list[Bit]:
+def bit_codes(embeddings: np.ndarray, *, dim: int) -> list[Bit]:
     """The sign-bit codes of ``embeddings`` as pgvector values."""
     if not len(embeddings):
         return []
