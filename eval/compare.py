@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.datasets import DatasetError
-from eval.html import write_html
+from eval.html import escape, fmt, page, provenance_details, table, write_html
 from eval.outcomes import outcome_from_json, per_question
 from eval.stats import N_RESAMPLES, paired_rows
 
@@ -179,6 +179,58 @@ def render_comparison(a: RunData, b: RunData, rows: Sequence[Mapping[str, Any]])
                      f"{r['diff']:+.4f} | [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}] | "
                      f"{r['p_value']:.4f} | {'yes' if r['significant'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def render_comparison_html(a: RunData, b: RunData, rows: Sequence[Mapping[str, Any]], *,
+                           labels: tuple[str, str] | None = None) -> str:
+    """The comparison as a self-contained HTML page: the differences first, then both runs'
+    numbers side by side, then their provenance (collapsed).
+
+    Args:
+        labels: how to name the runs (default: their paths).
+    """
+    name_a, name_b = labels or (str(a.path), str(b.path))
+    title = f"Comparison: {name_a} → {name_b}"
+    body = [f"<h1>{escape(title)}</h1>"]
+    sha_a, sha_b = a.dataset_sha256, b.dataset_sha256
+    if sha_a and sha_b and sha_a != sha_b:
+        body.append(f"<p><strong>Warning: the runs used different data</strong> (dataset sha256 "
+                    f"<code>{escape(sha_a[:12])}</code> vs <code>{escape(sha_b[:12])}</code>); "
+                    "only queries in both are paired.</p>")
+    significant = sum(1 for r in rows if r["significant"])
+    body += ['<h2 id="differences">Differences (B − A)</h2>',
+             f"<p class=small>A = {escape(name_a)}, B = {escape(name_b)}. {significant} of "
+             f"{len(rows)} differences are significant: their 95% paired bootstrap interval over "
+             f"queries ({N_RESAMPLES:,} resamples) excludes 0.</p>",
+             table(["config", "metric", "n", "A", "B", "B − A", "95% CI", "p", "significant"],
+                   [[escape(r["config"]), escape(r["metric"]), escape(r["n"]), fmt(r["a"]),
+                     fmt(r["b"]), f"{r['diff']:+.4f}", f"[{r['ci95_low']:+.4f}, "
+                     f"{r['ci95_high']:+.4f}]", f"{r['p_value']:.4f}",
+                     '<span class="yes">yes</span>' if r["significant"] else "no"] for r in rows],
+                   cls="differences",
+                   row_classes=["significant" if r["significant"] else "" for r in rows]),
+             '<h2 id="summary">Summary side by side</h2>', _side_by_side(a, b)]
+    prov = [(k, [run.data.get("provenance", {}).get(k) for run in (a, b)])
+            for k in dict.fromkeys([*a.data.get("provenance", {}), *b.data.get("provenance", {})])]
+    body.append(provenance_details(table(["", "A", "B"], [
+        [f"<code>{escape(k)}</code>", *[_cell(v) for v in values]]
+        for k, values in prov])))
+    return page(title, body)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"<code>{escape(json.dumps(value, ensure_ascii=False, sort_keys=True))}</code>"
+    return "" if value is None else escape(value)
+
+
+def _side_by_side(a: RunData, b: RunData) -> str:
+    rows = []
+    for config in dict.fromkeys([*a.summary, *b.summary]):
+        sa, sb = a.summary.get(config, {}), b.summary.get(config, {})
+        rows += [[escape(config), escape(m), fmt(sa.get(m)), fmt(sb.get(m))]
+                 for m in dict.fromkeys([*sa, *sb])]
+    return table(["config", "metric", "A", "B"], rows, cls="summary")
 
 
 def _num(value: float) -> str:

@@ -4,11 +4,14 @@ One file, nothing fetched: CSS inline, plots drawn with matplotlib and
 embedded as base64 PNG. The page is rendered from the report's JSON data, so
 ``render_html(json.load(f))`` rebuilds it from any saved run.
 
-Sections: provenance (dataset hash, configuration, prompt hashes, models, git
-commit), the summary table with 95% intervals and published numbers beside
-ours, plots (metric by configuration with bootstrap error bars, latency
-distributions, recall@k curves for retrieval), the paired comparisons, and a
-per-question drill-down.
+Sections, in the order a reader wants them: the summary table with 95%
+intervals and published numbers beside ours, the differences (against a
+baseline run, then between configurations), plots (metric by configuration
+with bootstrap error bars, latency distributions, recall@k curves for
+retrieval), published references, the provenance (dataset hash,
+configuration, prompt hashes, models, git commit; collapsed), and a
+per-question drill-down. Wide tables scroll inside their own box, so the page
+fits a 1280 px window.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ tr.published td{font-style:italic;color:#5b6478;background:#fafafa}
 figcaption{font-size:.85rem;color:#5b6478}code{font-size:.85rem}
 details{margin:.1rem 0}summary{cursor:pointer}.cited{background:#fff6d6}
 .rel{font-weight:600;color:#17803d}.small{font-size:.8rem;color:#5b6478}
+.scroll{max-width:100%;overflow-x:auto}img{max-width:100%;height:auto}figure{max-width:100%}
+table.provenance td{overflow-wrap:anywhere}details.provenance{margin-top:2rem}
+details.provenance>summary{font-size:1.25rem;font-weight:600}
+tr.significant td{background:#f3f8ff}
 """
 
 
@@ -54,11 +61,18 @@ def render_html(report: Mapping[str, Any]) -> str:
     """The whole page as one string."""
     qa = report.get("kind") == "qa" or "outcomes" in report
     title = _title(report, qa=qa)
-    body = [f"<h1>{_e(title)}</h1>", _provenance(report)]
+    body = [f"<h1>{escape(title)}</h1>"]
     body += _qa_sections(report) if qa else _retrieval_sections(report)
+    body += [_provenance(report), _qa_drilldown(report) if qa else _retrieval_drilldown(report)]
+    return page(title, body)
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    """A whole HTML page: ``title`` and the ``body`` fragments, with the reports' style sheet."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
 def _title(report: Mapping[str, Any], *, qa: bool) -> str:
@@ -71,30 +85,34 @@ def _title(report: Mapping[str, Any], *, qa: bool) -> str:
 # --- shared pieces -------------------------------------------------------------------------
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``value`` as text, escaped for HTML."""
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A number as reports show it (4 decimals below 10, 1 above; – for none or NaN)."""
     if value is None:
         return "–"
     if isinstance(value, bool):
-        return _e(value)
+        return escape(value)
     if isinstance(value, int | float):
         if isinstance(value, float) and math.isnan(value):
             return "–"
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.4f}"
-    return _e(value)
+    return escape(value)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str = "",
-           row_classes: Sequence[str] | None = None) -> str:
-    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
-           + "</tr></thead><tbody>"]
+def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str = "",
+          row_classes: Sequence[str] | None = None) -> str:
+    """A table of escaped ``head`` cells and ready-made HTML ``rows``, in a box that scrolls
+    sideways when the table is wider than the page (focusable, so keys scroll it too)."""
+    out = [f'<div class="scroll" tabindex="0"><table class="{cls}"><thead><tr>'
+           + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         out.append(f"<tr{rc}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
-    return "\n".join(out) + "</tbody></table>"
+    return "\n".join(out) + "</tbody></table></div>"
 
 
 def _provenance(report: Mapping[str, Any]) -> str:
@@ -102,14 +120,21 @@ def _provenance(report: Mapping[str, Any]) -> str:
     for key in ("configs", "setup", "judge"):
         if key in report and key not in prov:
             prov[key] = report[key]
-    rows = [[f"<code>{_e(k)}</code>", _value(v)] for k, v in prov.items() if v not in (None, "", {})]
-    return "<h2>Provenance</h2>" + _table(["", ""], rows, cls="provenance")
+    rows = [[f"<code>{escape(k)}</code>", _value(v)] for k, v in prov.items()
+            if v not in (None, "", {})]
+    return provenance_details(table(["", ""], rows, cls="provenance"))
+
+
+def provenance_details(inner: str) -> str:
+    """The provenance section, collapsed: it is long, and read after the numbers."""
+    return ('<details class="provenance" id="provenance"><summary>Provenance (data, code, '
+            f"models, configuration)</summary>{inner}</details>")
 
 
 def _value(v: Any) -> str:
     if isinstance(v, dict | list):
-        return f"<code>{_e(json.dumps(v, ensure_ascii=False, sort_keys=True))}</code>"
-    return _e(v)
+        return f"<code>{escape(json.dumps(v, ensure_ascii=False, sort_keys=True))}</code>"
+    return escape(v)
 
 
 def _ci(ci: Sequence[float] | None) -> str:
@@ -128,8 +153,8 @@ def _png(fig: Any) -> str:
 
 
 def _figure(fig: Any, caption: str) -> str:
-    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{_png(fig)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{_png(fig)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
 def _pyplot() -> Any:
@@ -200,14 +225,14 @@ def _comparison_table(rows: Sequence[Mapping[str, Any]], *, title: str, against:
         diff = r.get("mean_diff", r.get("diff"))
         low, high = r.get("ci95_low", r.get("low")), r.get("ci95_high", r.get("high"))
         sig = r.get("significant", low is not None and (low > 0 or high < 0))
-        body.append([_e(r.get("config", r.get("mode", ""))), _e(r.get(against, "")),
-                     _e(r["metric"]), f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]",
+        body.append([escape(r.get("config", r.get("mode", ""))), escape(r.get(against, "")),
+                     escape(r["metric"]), f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]",
                      f"{r.get('p_value', float('nan')):.4f}",
                      '<span class="yes">yes</span>' if sig else '<span class="no">no</span>'])
-    return (f"<h2>{_e(title)}</h2><p class=small>Paired bootstrap over queries; significant = the "
-            "95% interval excludes 0.</p>"
-            + _table(["config", "against", "metric", "difference", "95% CI", "p", "significant"],
-                     body, cls="comparisons"))
+    return (f"<h2>{escape(title)}</h2><p class=small>Paired bootstrap over queries; significant = "
+            "the 95% interval excludes 0.</p>"
+            + table(["config", "against", "metric", "difference", "95% CI", "p", "significant"],
+                    body, cls="comparisons"))
 
 
 def _baseline_section(report: Mapping[str, Any]) -> str:
@@ -225,7 +250,8 @@ def _published_rows(report: Mapping[str, Any], metrics: Sequence[str]) -> tuple[
     systems: dict[str, dict[str, float]] = {}
     for ref in report.get("published_references", []):
         systems.setdefault(ref["system"], {})[ref["metric"]] = ref["value"]
-    rows = [[f"{_e(s)} <b>(published)</b>", *[f"{v[m]:.3f}" if m in v else "–" for m in metrics]]
+    rows = [[f"{escape(s)} <b>(published)</b>",
+             *[f"{v[m]:.3f}" if m in v else "–" for m in metrics]]
             for s, v in systems.items() if any(m in v for m in metrics)]
     return rows, ["published"] * len(rows)
 
@@ -234,8 +260,8 @@ def _published_list(report: Mapping[str, Any]) -> str:
     refs = report.get("published_references", [])
     if not refs:
         return "<h2>Published references</h2><p>None on file for this dataset.</p>"
-    items = "".join(f"<li>{_e(r['system'])}: {_e(r['metric'])} = {r['value']:.3f} "
-                    f"<i>(published, {_e(r['source'])}; not measured by this run)</i></li>"
+    items = "".join(f"<li>{escape(r['system'])}: {escape(r['metric'])} = {r['value']:.3f} "
+                    f"<i>(published, {escape(r['source'])}; not measured by this run)</i></li>"
                     for r in refs)
     return f"<h2>Published references (from the literature, not measured here)</h2><ul>{items}</ul>"
 
@@ -249,13 +275,17 @@ def _retrieval_sections(report: Mapping[str, Any]) -> list[str]:
     rows = []
     for m in modes:
         ci = m.get("ci95", {})
-        rows.append([_e(m["mode"]), *[f'{m["metrics"][k]:.4f}{_ci(ci.get(k))}' for k in metrics],
-                     _fmt(m["search_ms"]["p50"]), _fmt(m["search_ms"]["p95"])])
+        rows.append([escape(m["mode"]),
+                     *[f'{m["metrics"][k]:.4f}{_ci(ci.get(k))}' for k in metrics],
+                     fmt(m["search_ms"]["p50"]), fmt(m["search_ms"]["p95"])])
     pub, classes = _published_rows(report, metrics)
     rows += [r + ["–", "–"] for r in pub]
-    out = ["<h2>Summary</h2>",
-           _table(["mode", *metrics, "search p50 ms", "search p95 ms"], rows, cls="summary",
-                  row_classes=[""] * len(modes) + classes)]
+    out = ['<h2 id="summary">Summary</h2>',
+           table(["mode", *metrics, "search p50 ms", "search p95 ms"], rows, cls="summary",
+                 row_classes=[""] * len(modes) + classes)]
+    out.append(_baseline_section(report))
+    out.append(_comparison_table(report.get("comparisons", []), title="Differences between modes",
+                                 against="baseline"))
     out.append("<h2>Plots</h2>")
     values = {m["mode"]: m["metrics"] for m in modes}
     cis = {m["mode"]: m.get("ci95", {}) for m in modes}
@@ -266,11 +296,7 @@ def _retrieval_sections(report: Mapping[str, Any]) -> list[str]:
     curves = {m["mode"]: m["recall_curve"] for m in modes if m.get("recall_curve")}
     if curves:
         out.append(_recall_curves(curves))
-    out.append(_comparison_table(report.get("comparisons", []), title="Differences between modes",
-                                 against="baseline"))
-    out.append(_baseline_section(report))
     out.append(_published_list(report))
-    out.append(_retrieval_drilldown(report))
     return out
 
 
@@ -297,11 +323,11 @@ def _retrieval_drilldown(report: Mapping[str, Any]) -> str:
     head = ["query id", "query", "relevant (grade)", *[f"{m}: top hits" for m in modes]]
     body = []
     for r in rows[:MAX_DRILLDOWN_ROWS]:
-        relevant = ", ".join(f"{_e(d)} ({r['grades'].get(d, '')})" for d in r["relevant"])
-        cells = [_e(r["id"]), _e(r["query"]), relevant]
+        relevant = ", ".join(f"{escape(d)} ({r['grades'].get(d, '')})" for d in r["relevant"])
+        cells = [escape(r["id"]), escape(r["query"]), relevant]
         for m in modes:
-            hits = " ".join(f'<span class="rel">{_e(h["doc"])}✓</span>' if h["grade"] >= 1
-                            else _e(h["doc"]) for h in r["hits"].get(m, []))
+            hits = " ".join(f'<span class="rel">{escape(h["doc"])}✓</span>' if h["grade"] >= 1
+                            else escape(h["doc"]) for h in r["hits"].get(m, []))
             ndcg = r.get("scores", {}).get(m, {}).get("ndcg@10")
             cells.append(hits + (f' <span class="ci">ndcg@10 {ndcg:.3f}</span>'
                                  if ndcg is not None else ""))
@@ -309,7 +335,7 @@ def _retrieval_drilldown(report: Mapping[str, Any]) -> str:
     more = (f"<p class=small>First {MAX_DRILLDOWN_ROWS} of {len(rows)} queries; the JSON has all.</p>"
             if len(rows) > MAX_DRILLDOWN_ROWS else "")
     return ("<h2>Per-query drill-down</h2><p class=small>Top hits best first; ✓ = judged "
-            "relevant.</p>" + _table(head, body, cls="drilldown") + more)
+            "relevant.</p>" + table(head, body, cls="drilldown") + more)
 
 
 # --- QA ------------------------------------------------------------------------------------
@@ -319,29 +345,28 @@ def _qa_sections(report: Mapping[str, Any]) -> list[str]:
     summary = report.get("summary", {})
     cis = report.get("ci95", {})
     metrics = [m for m in QA_METRICS if any(not _nan(s.get(m)) for s in summary.values())]
-    rows = [[_e(c), *[f"{_fmt(s.get(m))}{_ci(cis.get(c, {}).get(m))}" for m in metrics],
-             _fmt(s.get("latency_p50_ms")), _fmt(s.get("latency_p95_ms")),
-             _fmt(s.get("tokens_per_answer"))] for c, s in summary.items()]
+    rows = [[escape(c), *[f"{fmt(s.get(m))}{_ci(cis.get(c, {}).get(m))}" for m in metrics],
+             fmt(s.get("latency_p50_ms")), fmt(s.get("latency_p95_ms")),
+             fmt(s.get("tokens_per_answer"))] for c, s in summary.items()]
     pub, classes = _published_rows(report, metrics)
     rows += [r + ["–", "–", "–"] for r in pub]
     judge = report.get("judge") or "not judged"
-    out = ["<h2>Summary</h2>",
-           f"<p class=small>Faithfulness judge: {_e(judge)}. Accuracy = a gold answer is contained "
+    out = ['<h2 id="summary">Summary</h2>',
+           f"<p class=small>Faithfulness judge: {escape(judge)}. Accuracy = a gold answer is contained "
            "in the answer; answer metrics and context precision over answerable questions.</p>",
-           _table(["config", *metrics, "latency p50 ms", "latency p95 ms", "tokens/answer"], rows,
+           table(["config", *metrics, "latency p50 ms", "latency p95 ms", "tokens/answer"], rows,
                   cls="summary", row_classes=[""] * len(summary) + classes)]
     out.append(_stage_table(summary))
+    out.append(_baseline_section(report))
+    out.append(_comparison_table(report.get("comparisons", []), title="Differences between "
+                                 "configurations", against="baseline"))
     out.append("<h2>Plots</h2>")
     if summary:
         out.append(_bars_with_ci(summary, cis, QA_PLOTTED, "Answer quality by configuration"))
         outcomes = report.get("outcomes", {})
         out.append(_latency_plot({c: [o["latency_ms"] for o in outs] for c, outs in outcomes.items()},
                                  "Answer latency"))
-    out.append(_comparison_table(report.get("comparisons", []), title="Differences between "
-                                 "configurations", against="baseline"))
-    out.append(_baseline_section(report))
     out.append(_published_list(report))
-    out.append(_qa_drilldown(report))
     return out
 
 
@@ -350,10 +375,10 @@ def _stage_table(summary: Mapping[str, Mapping[str, float]]) -> str:
                      if k.endswith("_p50_ms") and k != "latency_p50_ms"})
     if not stages:
         return ""
-    rows = [[_e(c), *[f"{_fmt(s.get(f'{st}_p50_ms'))} / {_fmt(s.get(f'{st}_p95_ms'))}"
+    rows = [[escape(c), *[f"{fmt(s.get(f'{st}_p50_ms'))} / {fmt(s.get(f'{st}_p95_ms'))}"
                       for st in stages]] for c, s in summary.items()]
     return ("<h3>Latency per stage (p50 / p95 ms)</h3>"
-            + _table(["config", *stages], rows, cls="stages"))
+            + table(["config", *stages], rows, cls="stages"))
 
 
 def _qa_drilldown(report: Mapping[str, Any]) -> str:
@@ -361,8 +386,8 @@ def _qa_drilldown(report: Mapping[str, Any]) -> str:
     out = ["<h2>Per-question drill-down</h2>"]
     for config, outs in outcomes.items():
         body = [_qa_row(o) for o in outs[:MAX_DRILLDOWN_ROWS]]
-        out.append(f"<h3>{_e(config)}</h3>")
-        out.append(_table(["id", "question", "gold", "answer", "status", "CRAG action", "correct",
+        out.append(f"<h3>{escape(config)}</h3>")
+        out.append(table(["id", "question", "gold", "answer", "status", "CRAG action", "correct",
                            "faithful", "sources (cited highlighted)"], body, cls="drilldown"))
         if len(outs) > MAX_DRILLDOWN_ROWS:
             out.append(f"<p class=small>First {MAX_DRILLDOWN_ROWS} of {len(outs)}; the JSON has all.</p>")
@@ -378,13 +403,13 @@ def _qa_row(o: Mapping[str, Any]) -> list[str]:
         cls = ' class="cited"' if s.get("document") in cited else ""
         text = str(s.get("text", ""))
         snippet = text[:SNIPPET_CHARS] + ("…" if len(text) > SNIPPET_CHARS else "")
-        items.append(f"<details{cls}><summary>[{_e(s.get('n'))}] {_e(s.get('document'))}{mark}"
-                     f"</summary>{_e(snippet)}</details>")
+        items.append(f"<details{cls}><summary>[{escape(s.get('n'))}] {escape(s.get('document'))}{mark}"
+                     f"</summary>{escape(snippet)}</details>")
     correct = "–" if o.get("unanswerable") else (
         '<span class="yes">yes</span>' if o.get("contains") else '<span class="no">no</span>')
     faithful = o.get("faithfulness")
-    return [_e(o.get("id")), _e(o.get("question", "")), _e(" | ".join(o.get("gold", [])) or
-                                                          ("(unanswerable)" if o.get("unanswerable")
-                                                           else "")),
-            _e(o.get("answer", "")), _e(o.get("status", "")), _e(o.get("action") or "–"), correct,
+    gold = " | ".join(o.get("gold", [])) or ("(unanswerable)" if o.get("unanswerable") else "")
+    return [escape(o.get("id")), escape(o.get("question", "")), escape(gold),
+            escape(o.get("answer", "")), escape(o.get("status", "")),
+            escape(o.get("action") or "–"), correct,
             "–" if faithful is None else f"{faithful:.2f}", "".join(items) or "–"]

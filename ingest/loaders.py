@@ -20,7 +20,7 @@ from typing import Any
 
 from ingest.attributes import DocumentAttributes, read_sidecar
 from verity.core.errors import LoaderError
-from verity.core.types import Document, Section
+from verity.core.types import KEPT_FILE_TYPES, Document, Section, StoredFile
 
 Loader = Callable[[bytes, str], tuple[str, list[Section]]]
 
@@ -423,6 +423,10 @@ def load_file(
         raise LoaderError("no text found")
     digest = hashlib.sha256(data)
     digest.update(fingerprint.encode())
+    media_type = KEPT_FILE_TYPES.get(path.suffix.lower())
+    if media_type:  # stored before files were kept: written again once, with the file
+        digest.update(b"|file")
     return Document(source=source, title=title, sections=tuple(sections),
                     content_hash=digest.hexdigest(), metadata=dict(attributes.metadata),
-                    acl_groups=attributes.groups)
+                    acl_groups=attributes.groups,
+                    original=StoredFile(media_type, data) if media_type else None)

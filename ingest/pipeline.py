@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -284,9 +284,14 @@ class IngestPipeline:
         while (batch := handoff.get()) is not None:
             if before_write is not None:
                 before_write()
-            writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
+            writes = [DocumentWrite(self._kept(p.document), p.chunks, vectors)
+                      for p, vectors in batch]
             try:
-                results = self.store.write_documents(collection=collection, documents=writes)
+                # Checked again in every batch's transaction: a re-embed started since the
+                # run began accepts only its target's vectors.
+                results = self.store.write_documents(
+                    collection=collection, documents=writes,
+                    vectors=(self.embedder.settings.backend, self.embedder.precision))
             except RagError as e:
                 results = [e] * len(writes)
             for (p, _), result in zip(batch, results, strict=True):
@@ -297,6 +302,16 @@ class IngestPipeline:
                 report.chunks_written += len(p.chunks)
                 if progress:
                     progress(p.document.source, report.chunks_written)
+
+    def _kept(self, document: Document) -> Document:
+        """``document`` without its original file when that is over ``keep_file_mb``."""
+        original = document.original
+        if original is None or len(original.content) <= self.chunking.keep_file_mb * 1e6:
+            return document
+        log.info("%s: the file is %.1f MB, over the %.1f MB kept; its chunks are written "
+                 "without it", document.source, len(original.content) / 1e6,
+                 self.chunking.keep_file_mb)
+        return replace(document, original=None)
 
     def remove_missing(self, collection: str, present: set[str], report: IngestReport) -> None:
         """Delete the collection's documents whose source is not in ``present`` (``--sync``)."""

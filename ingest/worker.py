@@ -1,4 +1,6 @@
-"""The ingestion worker: claims queued upload jobs and runs them through the pipeline.
+"""The ingestion worker: claims queued jobs, uploads (run through the pipeline) and
+re-embeds of a collection (run by :class:`ingest.reembed.Reembedder` with this worker's
+embedder, which must be the one the job asked for).
 
 It runs as a background thread of ``verity serve`` or on its own as ``verity
 worker``; any number of workers may share one database. Each job's files are
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline, IngestReport
+from ingest.reembed import Reembedder
 from verity.backends.embedders import LocalEmbedder
 from verity.backends.stores.database import Database
 from verity.backends.stores.factory import build_store
@@ -76,8 +79,17 @@ class IngestWorker:
             to the queue because the worker is stopping).
         """
         job = self.queue.claim(worker=self.name)
-        if job is None:
-            return None
+        return None if job is None else self.run(job)
+
+    def run(self, job: Job) -> Job | None:
+        """Run a job this worker claimed, to its end.
+
+        Returns:
+            The job as it ended, or None when it went back to the queue because the
+            worker is stopping.
+        """
+        if job.kind == "reembed":
+            return self._run_reembed(job)
         log.info("job %s: ingesting %d files into %s/%s", job.id, job.files_total, job.tenant,
                  job.collection)
         try:
@@ -96,6 +108,48 @@ class IngestWorker:
             return self._end(job, IngestReport(collection=job.collection), error=INTERNAL_ERROR)
         ingested = len(report.added) + len(report.updated) + len(report.unchanged)
         return self._end(job, report, error=None if ingested else NOTHING_INGESTED)
+
+    def _run_reembed(self, job: Job) -> Job | None:
+        log.info("job %s: re-embedding %s/%s", job.id, job.tenant, job.collection)
+        done = 0
+
+        def progress(chunks: int, total: int) -> None:
+            nonlocal done
+            done = chunks
+            if self._stop.is_set():
+                raise WorkerStopping
+            if not self.queue.report_chunks(job, done=chunks, total=total):
+                raise JobLost(job.id)
+
+        error: str | None = None
+        reembedder = Reembedder(self.db, self.embedder)
+        asked = (job.metadata.get("backend"), job.metadata.get("precision"))
+        if asked != (reembedder.target.backend, reembedder.target.precision):
+            return self.queue.end(job, JobProgress(), error=(
+                f"the re-embed asked for {asked[1]} vectors ({asked[0]}), and this worker "
+                f"embeds {reembedder.target.precision} ones ({reembedder.target.backend}): run "
+                "it on a worker with the service's embedder settings"))
+        try:
+            report = reembedder.run(
+                tenant=job.tenant, collection=job.collection, progress=progress)
+            done = report.total
+            self.queue.report_chunks(job, done=done, total=done)
+        except WorkerStopping:
+            self.queue.release(job)
+            log.info("job %s: back in the queue, the worker is stopping", job.id)
+            return None
+        except JobLost:
+            log.info("job %s: cancelled or given to another worker; stopped", job.id)
+            return self.queue.get(job.id, tenant=job.tenant)
+        except RagError as e:
+            error = str(e)
+        except Exception:
+            log.exception("job %s failed", job.id)
+            error = INTERNAL_ERROR
+        ended = self.queue.end(job, JobProgress(chunks_written=done), error=error)
+        if ended is not None:
+            log.info("job %s %s", job.id, ended.status)
+        return ended
 
     def run_pending(self) -> int:
         """Run queued jobs until none is left (or the worker is stopped); returns how many ran."""

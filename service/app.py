@@ -16,6 +16,7 @@ from service.metrics import Metrics
 from service.routes import (
     collections,
     documents,
+    evaluation,
     feedback,
     keys,
     metrics,
@@ -27,6 +28,7 @@ from service.telemetry import RequestTelemetry, instrument_otel
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores.jobs import JobQueue
 from verity.backends.stores.tantivy_index import Lag
+from verity.core.reports import ReportArchive
 from verity.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def model_queue(settings: Settings) -> ModelQueue:
     return ModelQueue(slots=slots, depth=settings.llm.queue_depth, wait_s=settings.llm.timeout_s)
 
 
-def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings, *, runtime: Runtime | None = None,
+               reports: ReportArchive | None = None) -> FastAPI:
     """Build the app.
 
     Args:
@@ -59,6 +62,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         runtime: backends opened by the caller (tests, ``verity serve``); when
             None, the lifespan opens them from ``settings`` and closes them on
             shutdown.
+        reports: saved evaluation reports for ``/v1/eval`` (None: those routes answer 404).
 
     Returns:
         The app, with its own metrics registry in ``app.state.metrics``.
@@ -96,8 +100,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.metrics = Metrics(job_counts=job_counts, lexical_lag=lexical_lag)
     app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
     app.state.model_queue = model_queue(settings)
+    app.state.reports = reports
     for router in (query.router, openai_compat.router, documents.router, collections.router,
-                   feedback.router, keys.router, web.router):
+                   feedback.router, keys.router, evaluation.router, web.router):
         app.include_router(router)
     if settings.server.metrics:
         app.include_router(metrics.router)

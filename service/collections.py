@@ -31,8 +31,9 @@ def create_collection(runtime: Runtime, principal: Principal,
     runtime.store_for(principal.tenant).create_collection(
         request.name, embed_model=model, embed_dim=dim,
         embed_backend=runtime.embedder.settings.backend, embed_precision=runtime.embedder.precision)
-    return CollectionModel.of(CollectionStats(name=request.name, documents=0, chunks=0,
-                                              embed_model=model, embed_dim=dim))
+    return CollectionModel.of(CollectionStats(
+        name=request.name, documents=0, chunks=0, embed_model=model, embed_dim=dim,
+        embed_backend=runtime.embedder.settings.backend, embed_precision=runtime.embedder.precision))
 
 
 def delete_collection(runtime: Runtime, principal: Principal, name: str) -> None:

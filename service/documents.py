@@ -8,29 +8,34 @@ caller's tenant, and listing applies the caller's ACL groups in the query.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import quote
 
 from fastapi.exceptions import RequestValidationError
 
 from service.metrics import Metrics
 from service.protocol import (
     ChunkContext,
+    ChunkList,
     DocumentList,
     DocumentModel,
     JobList,
     JobResponse,
+    ReembedAccepted,
     ReindexResponse,
     UploadAccepted,
 )
 from verity.answering.runtime import Runtime
 from verity.backends.embedders import LocalEmbedder
 from verity.backends.stores.api_keys import Principal
+from verity.backends.stores.document_files import DocumentFile, DocumentFiles
 from verity.backends.stores.jobs import JobQueue
-from verity.backends.stores.pgvector_store import reindex_collection
+from verity.backends.stores.reembed import Embedding, check_reembed, reindex_collection
 from verity.core.errors import ConfigError, ForbiddenError, NotFoundError
 from verity.core.protocols import Store
 from verity.core.types import SearchFilter, UploadedFile
@@ -154,6 +159,36 @@ def reindex(runtime: Runtime, principal: Principal, collection: str) -> ReindexR
                            seconds=round(time.perf_counter() - started, 3))
 
 
+def reembed(runtime: Runtime, principal: Principal, collection: str) -> ReembedAccepted:
+    """Queue a re-embed of a collection with the server's embedder.
+
+    Raises:
+        NotFoundError: the tenant has no such collection (404).
+        ConfigError: the collection holds another model or dimension (400).
+        ConflictError: a re-embed of it is already queued or running (409).
+    """
+    e = runtime.embedder
+    target = Embedding(model=e.name, dim=e.dim, backend=e.settings.backend, precision=e.precision)
+    chunks = check_reembed(runtime.db, tenant=principal.tenant, name=collection, target=target)
+    job_id = JobQueue(runtime.db).enqueue_reembed(tenant=principal.tenant, collection=collection,
+                                                  chunks_total=chunks,
+                                                  backend=target.backend,
+                                                  precision=target.precision)
+    return ReembedAccepted(collection=collection, job_id=job_id, chunks=chunks)
+
+
+def list_chunks(runtime: Runtime, principal: Principal, doc_id: str, *, limit: int,
+                offset: int) -> ChunkList:
+    """One page of the chunks of a document the caller may see, in reading order.
+
+    Raises:
+        NotFoundError: no such document in the caller's tenant, or its groups hide it (404).
+    """
+    document, chunks = _store(runtime, principal).list_chunks(
+        doc_id, where=_visible(principal), limit=limit, offset=offset)
+    return ChunkList.of(document, chunks, limit=limit, offset=offset)
+
+
 def list_documents(runtime: Runtime, principal: Principal, *, collection: str, limit: int,
                    offset: int) -> DocumentList:
     """One page of the documents the caller may see in a collection of its tenant.
@@ -177,6 +212,24 @@ def chunk_context(runtime: Runtime, principal: Principal, chunk_id: str, *,
     document, chunks = _store(runtime, principal).chunk_context(
         chunk_id, window=window, where=_visible(principal))
     return ChunkContext.of(document, chunk_id, chunks)
+
+
+def document_file(runtime: Runtime, principal: Principal, doc_id: str) -> DocumentFile:
+    """The original file of a document the caller may read (a PDF).
+
+    Raises:
+        NotFoundError: the caller cannot see such a document in its tenant, or no file of
+            it is kept (404 both; the message says which only to a caller who may see it).
+    """
+    return DocumentFiles(runtime.db, tenant=principal.tenant).read(doc_id,
+                                                                  where=_visible(principal))
+
+
+def inline_disposition(source: str) -> str:
+    """A ``Content-Disposition`` that shows the file in the browser under its base name."""
+    name = PurePosixPath(source).name or "document"
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", name)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def delete_document(runtime: Runtime, principal: Principal, doc_id: str) -> None:

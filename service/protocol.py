@@ -28,6 +28,7 @@ from verity.core.types import (
     DocumentInfo,
     FilterOp,
     Job,
+    JobKind,
     JobStatus,
     MetadataCondition,
     ScoredChunk,
@@ -273,7 +274,8 @@ class UploadAccepted(BaseModel):
 class JobProgressModel(BaseModel):
     files_total: int = Field(description="files in the upload")
     files_done: int = Field(description="files finished: ingested, unchanged or failed")
-    chunks_written: int
+    chunks_written: int = Field(description="chunks written (a re-embed: chunks re-embedded)")
+    chunks_total: int = Field(default=0, description="a re-embed: chunks in the collection")
 
 
 class FileFailureModel(BaseModel):
@@ -292,6 +294,8 @@ class JobFileModel(BaseModel):
 
 class JobResponse(BaseModel):
     id: str
+    kind: JobKind = Field(default="ingest",
+                          description="ingest (uploaded files) or reembed (a collection's chunks)")
     status: JobStatus = Field(
         description="queued, running, done (at least one file ingested), failed or cancelled")
     collection: str
@@ -302,7 +306,8 @@ class JobResponse(BaseModel):
     error: str | None = Field(default=None, description="why the job failed, when it did")
     elapsed_s: float | None = Field(default=None, description="seconds since a worker started it")
     eta_s: float | None = Field(
-        default=None, description="while running: seconds left at the rate files finished so far")
+        default=None, description="while running: seconds left at the rate files (a re-embed: "
+                                  "chunks) finished so far")
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -314,11 +319,14 @@ class JobResponse(BaseModel):
         if job.started_at is not None:
             end = job.finished_at or now or datetime.now(job.started_at.tzinfo)
             elapsed = max(0.0, (end - job.started_at).total_seconds())
-            if job.status == "running" and p.files_done:
-                eta = elapsed / p.files_done * max(0, job.files_total - p.files_done)
-        return cls(id=job.id, status=job.status, collection=job.collection,
+            done, total = ((p.chunks_written, job.chunks_total) if job.kind == "reembed"
+                           else (p.files_done, job.files_total))
+            if job.status == "running" and done:
+                eta = elapsed / done * max(0, total - done)
+        return cls(id=job.id, kind=job.kind, status=job.status, collection=job.collection,
                    progress=JobProgressModel(files_total=job.files_total, files_done=p.files_done,
-                                             chunks_written=p.chunks_written),
+                                             chunks_written=p.chunks_written,
+                                             chunks_total=job.chunks_total),
                    files=job_files(job),
                    failures=[FileFailureModel(file=f.file, reason=f.reason) for f in p.failures],
                    error=job.error, elapsed_s=elapsed, eta_s=eta, created_at=job.created_at,
@@ -353,6 +361,18 @@ def job_files(job: Job) -> list[JobFileModel]:
 
 class JobList(BaseModel):
     jobs: list[JobResponse] = Field(description="newest first")
+
+
+class ReindexRequest(BaseModel):
+    re_embed: bool = Field(
+        default=False, description="compute every chunk's vector again with the server's "
+                                   "embedder, as a job (202), instead of rebuilding the index")
+
+
+class ReembedAccepted(BaseModel):
+    collection: str
+    job_id: str = Field(description="the re-embed job: poll GET /v1/jobs/{job_id} for progress")
+    chunks: int = Field(description="chunks to re-embed")
 
 
 class ReindexResponse(BaseModel):
@@ -399,6 +419,32 @@ class ChunkContext(BaseModel):
                          page=c.page) for c in chunks])
 
 
+class DocumentChunk(BaseModel):
+    chunk_id: str
+    ordinal: int = Field(description="its position in the document, from 0")
+    heading: str = Field(description="the heading path it sits under")
+    page: int | None = None
+    token_count: int = Field(description="tokens of the embedding model")
+    text: str
+
+
+class ChunkList(BaseModel):
+    document: DocumentModel
+    chunks: list[DocumentChunk] = Field(description="one page of its chunks, in reading order")
+    total: int = Field(description="chunks in the document")
+    limit: int
+    offset: int
+
+    @classmethod
+    def of(cls, document: DocumentInfo, chunks: list[Chunk], *, limit: int,
+           offset: int) -> ChunkList:
+        return cls(document=DocumentModel.of(document), total=document.chunk_count, limit=limit,
+                   offset=offset, chunks=[
+                       DocumentChunk(chunk_id=c.id, ordinal=c.ordinal, heading=c.heading,
+                                     page=c.page, token_count=c.token_count, text=c.text)
+                       for c in chunks])
+
+
 class DocumentList(BaseModel):
     documents: list[DocumentModel]
     total: int = Field(description="documents the caller may see in the collection")
@@ -412,11 +458,17 @@ class CollectionModel(BaseModel):
     dim: int | None = Field(description="embedding dimension")
     documents: int = Field(description="documents the caller may see")
     chunks: int = Field(description="chunks of those documents")
+    backend: str | None = Field(default=None, description="the embedder backend: onnx or torch")
+    precision: str | None = Field(default=None,
+                                  description="the vectors' precision: float32, bfloat16 or int8")
+    re_embedding_to: str | None = Field(
+        default=None, description="while a re-embed runs: the precision the vectors move to")
 
     @classmethod
     def of(cls, c: CollectionStats) -> CollectionModel:
         return cls(name=c.name, embedder=c.embed_model, dim=c.embed_dim, documents=c.documents,
-                   chunks=c.chunks)
+                   chunks=c.chunks, backend=c.embed_backend, precision=c.embed_precision,
+                   re_embedding_to=c.reembed_precision)
 
 
 class CollectionList(BaseModel):

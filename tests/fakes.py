@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from verity.backends.stores.pgvector_store import query_compatible
+from verity.backends.stores.pgvector_store import query_compatible, vectors_compatible
 from verity.core.errors import ConfigError, ConflictError, NotFoundError, RagError
 from verity.core.lexical import BM25_B, BM25_K1
 from verity.core.protocols import DocumentWrite
@@ -236,10 +236,12 @@ class MemoryStore:
         self.check_vectors(name, backend=embed_backend, precision=embed_precision)
         found.backend, found.precision = embed_backend, embed_precision
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
         """Refuse vectors of a precision that cannot be compared with the collection's."""
         found = self._collection(name)
-        if not query_compatible(found.precision, precision):
+        compatible = vectors_compatible if writing else query_compatible
+        if not compatible(found.precision, precision):
             raise ConfigError(f"collection {name!r} holds {found.precision} vectors, not "
                               f"{precision} ones: use a {found.precision} embedder, or a new collection")
 
@@ -272,11 +274,14 @@ class MemoryStore:
         return out
 
     def write_document(
-        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray
+        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         """Replace the document and its chunks; returns its id."""
         if len(chunks) != len(embeddings):
             raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
+        if vectors is not None:
+            self.check_vectors(collection, backend=vectors[0], precision=vectors[1], writing=True)
         found = self._collection(collection)
         if len(embeddings) and embeddings.shape[1] != found.embed_dim:
             raise ConfigError(f"embeddings are {embeddings.shape[1]}-d; collection {collection!r} "
@@ -291,8 +296,8 @@ class MemoryStore:
             np.asarray(embeddings, dtype=np.float32))
         return doc_id
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write each document as :meth:`write_document` does; its id or its error, in order."""
         self._collection(collection)
         results: list[str | RagError] = []
@@ -301,7 +306,8 @@ class MemoryStore:
                 if len(w.chunks) != len(w.embeddings):
                     raise ConfigError(f"{len(w.chunks)} chunks but {len(w.embeddings)} embeddings")
                 results.append(self.write_document(collection=collection, document=w.document,
-                                                   chunks=w.chunks, embeddings=w.embeddings))
+                                                   chunks=w.chunks, embeddings=w.embeddings,
+                                                   vectors=vectors))
             except RagError as e:
                 results.append(e)
         return results
@@ -356,6 +362,16 @@ class MemoryStore:
                     near = [c for c in stored.chunks if abs(c.ordinal - hit.ordinal) <= window]
                     return stored.info, near
         raise NotFoundError("no such chunk; search for it first")
+
+    def list_chunks(self, doc_id: str, *, where: SearchFilter | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[DocumentInfo, list[Chunk]]:
+        """The document of that id, if ``where`` allows it, and a page of its chunks."""
+        info = self.get_document(doc_id, where=where)
+        for found in self._collections.values():
+            stored = next((s for s in found.documents.values() if s.info.id == doc_id), None)
+            if stored is not None:
+                return info, sorted(stored.chunks, key=lambda c: c.ordinal)[offset:offset + limit]
+        raise NotFoundError("no such document; list documents with GET /v1/documents")
 
     def delete_document_by_id(self, doc_id: str) -> bool:
         """Delete the document of that id; returns whether it existed."""

@@ -206,3 +206,55 @@ def ingest_texts(runtime: Any, collection: str, texts: dict[str, str], *, titled
                      content_hash=f"{hash_prefix}{name}") for name, text in texts.items()]
     assert pipeline.ingest_documents(docs, collection=collection).ok
     return collection
+
+
+# Many metrics make a wide summary table and a wide plot of them.
+RETRIEVAL_METRICS = ["ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "ndcg@100", "recall@1", "recall@5",
+                     "recall@10", "recall@100", "mrr@10", "map"]
+
+
+def save_eval_reports(root: Path) -> dict[str, str]:
+    """Reports as ``verity eval`` saves them, made by the real harness on tiny datasets:
+    two QA runs of one dataset (a clear improvement from ``before`` to ``after``) and a
+    retrieval run. Returns ``{"before", "after", "retrieval"}`` -> report name."""
+    from dataclasses import replace
+
+    from eval.datasets import load_beir
+    from eval.qa import score
+    from eval.qa import write_reports as write_qa_reports
+    from eval.qa_datasets import QADataset, QAExample
+    from eval.report import provenance
+    from eval.report import write_reports as write_retrieval_reports
+    from eval.retrieval import evaluate_retrieval
+    from tests.fakes import WordEmbedder, word_store
+    from verity.core.types import Answer, Citation
+
+    sources = (Citation(1, "paris.txt", "c1", "Paris is the capital of France."),
+               Citation(2, "rome.txt", "c2", "Rome is the capital of Italy."))
+    names = {}
+    for run, right in (("before", 10), ("after", 35)):
+        examples = [QAExample(str(i), f"What is the capital of France? ({i})", ("Paris",))
+                    for i in range(40)]
+        results = {config: [score(e, config, Answer(
+            "Paris [1]." if i < right else "Rome [2].", "answered",
+            sources[:1] if i < right else sources[1:], sources), 5.0 + i)
+            for i, e in enumerate(examples)] for config in ("rag", "crag")}
+        # A long path with nothing to break it at: such cells once pushed reports past 1280 px.
+        info = {"dataset": "toy", "git_commit": f"{run}-commit",
+                "dataset_path": "/srv/datasets/" + "/".join(["popqa_crag_held_out"] * 12),
+                "command": "verity eval qa " + " ".join(f"--option-{n} value-{n}" for n in range(30))}
+        write_qa_reports(QADataset("toy", examples, []), results, info, root / f"qa-toy-{run}",
+                         judge="none")
+        names[run] = f"qa-toy-{run}/qa-toy"
+    queries, qrels = {"q1": "cat", "q2": "dog", "q3": "fish"}, {
+        "q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}, "q3": {"d1": 1}}
+    data = replace(load_beir(write_beir(root.parent / f"{root.name}-beir" / "scifact")),
+                   queries=queries, qrels=qrels)
+    result = evaluate_retrieval(store=word_store([("d1", "cat cat"), ("d1", "fish"), ("d2", "dog"),
+                                                  ("d3", "bird dog")]),
+                                embedder=WordEmbedder(), queries=queries, qrels=qrels,
+                                collection="c", modes=["dense-float32", "dense-binary-rescore"],
+                                depth=10, oversample=3, metrics=RETRIEVAL_METRICS)
+    write_retrieval_reports(result, provenance(data), root / "retrieval-scifact", data)
+    names["retrieval"] = "retrieval-scifact/retrieval"
+    return names

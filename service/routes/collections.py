@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Body, Path
 from fastapi.responses import Response
 
 from service import collections, documents
@@ -12,6 +12,8 @@ from service.protocol import (
     CollectionList,
     CollectionModel,
     CreateCollectionRequest,
+    ReembedAccepted,
+    ReindexRequest,
     ReindexResponse,
     error_responses,
 )
@@ -43,11 +45,19 @@ def delete_collection(name: Annotated[str, Path(max_length=64, pattern=COLLECTIO
     return Response(status_code=204)
 
 
-@router.post("/v1/collections/{name}/reindex", response_model=ReindexResponse, responses=_ERRORS)
+@router.post("/v1/collections/{name}/reindex", response_model=ReindexResponse | ReembedAccepted,
+             responses={**_ERRORS, 202: {"model": ReembedAccepted,
+                                         "description": "the re-embed job was queued"}})
 def reindex_collection(name: Annotated[str, Path(max_length=64, pattern=COLLECTION_PATTERN)],
-                       runtime: RuntimeDep, principal: AdminDep) -> ReindexResponse:
+                       runtime: RuntimeDep, principal: AdminDep, response: Response,
+                       request: Annotated[ReindexRequest | None, Body()] = None,
+                       ) -> ReindexResponse | ReembedAccepted:
     """Rebuild the collection's vector index from its rows in PostgreSQL (admin keys).
 
-    Searches and writes go on meanwhile; the documents are not loaded or embedded again.
+    Searches and writes go on meanwhile. With ``{"re_embed": true}`` every chunk's vector is
+    computed again with the server's embedder instead, as a job (202; poll the job).
     """
+    if request is not None and request.re_embed:
+        response.status_code = 202
+        return documents.reembed(runtime, principal, name)
     return documents.reindex(runtime, principal, name)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
@@ -10,12 +10,14 @@ from service.deps import AdminDep, MetricsDep, PrincipalDep, RuntimeDep
 from service.protocol import (
     COLLECTION_PATTERN,
     ChunkContext,
+    ChunkList,
     DocumentList,
     JobList,
     JobResponse,
     UploadAccepted,
     error_responses,
 )
+from verity.core.types import KEPT_FILE_TYPES
 
 router = APIRouter(tags=["documents"])
 
@@ -96,6 +98,42 @@ def get_chunk_context(
 ) -> ChunkContext:
     """A chunk the caller may read, with its neighbours, heading path and document."""
     return documents.chunk_context(runtime, principal, chunk_id, window=window)
+
+
+# The file is shown by the browser as it is; it may run nothing and load nothing (a PDF
+# viewer still renders it), and the browser may not guess another type.
+FILE_POLICY = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the document's original bytes", "content": {
+        media_type: {"schema": {"type": "string", "format": "binary"}}
+        for media_type in sorted(set(KEPT_FILE_TYPES.values()))}},
+    **_ERRORS,
+}
+
+
+@router.get("/v1/documents/{doc_id}/file", response_class=Response, responses=_FILE_RESPONSES)
+def get_document_file(doc_id: str, runtime: RuntimeDep, principal: PrincipalDep) -> Response:
+    """The original file of a document the caller may read (PDFs are kept), shown inline."""
+    kept = documents.document_file(runtime, principal, doc_id)
+    return Response(content=kept.content, media_type=kept.media_type, headers={
+        "Content-Disposition": documents.inline_disposition(kept.source),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": FILE_POLICY,
+        "Cache-Control": "private, no-cache",
+        "ETag": f'"{kept.sha256}"',
+    })
+
+
+@router.get("/v1/documents/{doc_id}/chunks", response_model=ChunkList, responses=_ERRORS)
+def list_document_chunks(
+    doc_id: str,
+    runtime: RuntimeDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> ChunkList:
+    """A document the caller may read and one page of its chunks, in reading order."""
+    return documents.list_chunks(runtime, principal, doc_id, limit=limit, offset=offset)
 
 
 @router.delete("/v1/documents/{doc_id}", status_code=204, response_class=Response,

@@ -1,7 +1,9 @@
 """The web page at ``/``: ask a question, watch the answer stream in, check its citations.
 
 The page and its assets need no API key; the API calls the page makes carry the key
-the user entered. Only the named assets are served, so no path reaches other files.
+the user entered. Only the named assets are served (a fixed table, looked up by the whole
+path), so no path reaches other files. pdf.js, vendored under ``web/vendor/pdfjs``, is
+loaded by the page only when a PDF citation is opened.
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from verity.core.errors import NotFoundError
 router = APIRouter(include_in_schema=False)
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-ASSETS = {"app.js": "text/javascript", "library.js": "text/javascript", "app.css": "text/css"}
-# Everything comes from this server; nothing inline, nothing from elsewhere.
+JS = "text/javascript"
+ASSETS = {
+    "app.js": JS, "library.js": JS, "app.css": "text/css",
+    # Loaded on first use: the Evaluations view, and the cited page of a PDF, drawn by pdf.js
+    # in a module worker.
+    "evals.js": JS, "evals.css": "text/css",
+    "pdfpage.mjs": JS, "vendor/pdfjs/pdf.min.mjs": JS, "vendor/pdfjs/pdf.worker.min.mjs": JS,
+}
+# Everything comes from this server; nothing inline, nothing from elsewhere. pdf.js parses
+# PDFs in a worker started from its own script on this server; data: images are the plots
+# embedded in evaluation reports.
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-          "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+          "img-src 'self' data:; worker-src 'self'; base-uri 'none'; form-action 'self'; "
+          "frame-ancestors 'none'")
 
 
 @router.get("/")
@@ -29,7 +41,7 @@ def index() -> FileResponse:
                         headers={"Content-Security-Policy": POLICY, "Cache-Control": "no-cache"})
 
 
-@router.get("/static/{name}")
+@router.get("/static/{name:path}")
 def asset(name: str) -> FileResponse:
     """One of the page's scripts or style sheets.
 
@@ -38,4 +50,5 @@ def asset(name: str) -> FileResponse:
     """
     if name not in ASSETS:
         raise NotFoundError("no such asset; the web page is at /")
-    return FileResponse(WEB / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+    return FileResponse(WEB / name, media_type=ASSETS[name], headers={
+        "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

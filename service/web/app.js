@@ -12,6 +12,8 @@ let sources = new Map();
 let answerText = "";
 let shown = null; // the answer as shown: what feedback on it records
 let conversation = []; // earlier {question, answer} turns: the next question is a follow-up
+let pdfPages = null; // the module that draws a PDF's cited page, imported on first use
+let pageRequest = 0; // the latest page asked for: a slower, earlier one is not shown
 
 function headers(json) {
   const h = {};
@@ -57,7 +59,8 @@ async function loadCollections() {
   const body = await response.json();
   const previous = select.value;
   select.replaceChildren(...body.collections.map((c) =>
-    el("option", { value: c.name }, `${c.name} (${c.documents} documents)`)));
+    el("option", { value: c.name, "data-vectors": c.precision ? `${c.precision} (${c.backend})` : "",
+      "data-reembedding": c.re_embedding_to || "" }, `${c.name} (${c.documents} documents)`)));
   if (previous) select.value = previous;
   if (!body.collections.length) setStatus("No collections yet: ingest some documents first.");
 }
@@ -69,6 +72,7 @@ function resetAnswer() {
   $("trace").hidden = true;
   $("trace").open = false;
   closePanel();
+  if (pdfPages) pdfPages.then((m) => m.forget(), () => {});
   sources = new Map();
   answerText = "";
   shown = null;
@@ -290,7 +294,48 @@ function openPanel(button, n) {
   document.querySelector(".layout").classList.add("with-panel");
   $("panel").focus();
   $("panel").dataset.returnTo = String(n);
-  loadContext(s);
+  const passages = [best ? best[0].trim() : "", s.text];
+  const request = hidePage();
+  loadContext(s).then((info) => {
+    if (info && request === pageRequest) showPage(s, info, passages, request);
+  });
+}
+
+function isPdf(s, info) {
+  return typeof s.page === "number" && /\.pdf$/i.test(info.source);
+}
+
+function hidePage() {
+  // Hides the page shown, and makes any page still being drawn stale; returns the new request.
+  pageRequest += 1;
+  const box = $("panel-page");
+  box.hidden = true;
+  box.removeAttribute("data-page");
+  box.replaceChildren();
+  return pageRequest;
+}
+
+async function showPage(s, info, passages, request) {
+  // A PDF's cited page itself, drawn by pdf.js, the passage highlighted on it.
+  if (!isPdf(s, info)) return;
+  const box = $("panel-page");
+  box.hidden = false;
+  box.replaceChildren(el("p", { class: "meta" }, `Drawing page ${s.page}…`));
+  try {
+    pdfPages = pdfPages || import("/static/pdfpage.mjs");
+    const module = await pdfPages;
+    const marks = await module.renderPage(box, { documentId: info.id, title: info.source,
+      page: s.page, passages, headers: headers(false), current: () => request === pageRequest });
+    if (request === pageRequest && !marks) {
+      box.append(el("p", { class: "meta" }, "The passage could not be found on the page."));
+    }
+  } catch (e) {
+    if (String(e.message || "").includes("/static/pdfpage.mjs")) pdfPages = null;
+    if (request === pageRequest) {
+      box.replaceChildren(el("p", { class: "meta" }, "The page cannot be shown: " +
+        String(e.message || e)));
+    }
+  }
 }
 
 async function loadContext(s) {
@@ -301,7 +346,7 @@ async function loadContext(s) {
     { headers: headers(false) });
   if (!response.ok) {
     box.textContent = "The surrounding text is not available: " + (await errorMessage(response));
-    return;
+    return null;
   }
   const body = await response.json();
   box.replaceChildren(...body.chunks.map((c) => {
@@ -310,12 +355,14 @@ async function loadContext(s) {
       el("p", { class: "meta" }, (c.heading || body.document.title) + (cited ? " · cited" : "")),
       el("p", {}, c.text));
   }));
+  return body.document;
 }
 
 function closePanel() {
   const panel = $("panel");
   if (panel.hidden) return;
   panel.hidden = true;
+  hidePage();
   document.querySelector(".layout").classList.remove("with-panel");
   const back = document.querySelector(`.cite[data-n="${panel.dataset.returnTo}"]`);
   if (back) back.focus();

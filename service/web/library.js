@@ -1,9 +1,11 @@
 // The document library: upload files or a folder into a collection, follow each file through
-// ingestion, cancel or retry, list, filter and delete documents, re-index the collection.
+// ingestion, cancel or retry, list, filter and delete documents, preview a document's chunks,
+// re-index or re-embed the collection.
 // Uses app.js's helpers ($, el, headers, errorMessage); plain JavaScript, no build step.
 "use strict";
 
 const POLL_MS = 1000;
+const CHUNK_PAGE = 20;
 const ACTIVE = new Set(["queued", "running"]);
 const FILE_LABELS = { queued: "Queued", ingesting: "Ingesting", done: "Indexed",
   failed: "Failed", cancelled: "Cancelled" };
@@ -16,17 +18,40 @@ function collectionName() { return $("collection").value || "default"; }
 
 function libraryStatus(text) { $("library-status").textContent = text; }
 
+function showVectors() {
+  // What made the collection's vectors, so people see when a re-embed is due or running.
+  const option = $("collection").selectedOptions[0];
+  const vectors = option ? option.dataset.vectors : "";
+  const moving = option ? option.dataset.reembedding : "";
+  $("collection-vectors").textContent = !vectors ? ""
+    : `Vectors: ${vectors}` + (moving ? `, being re-embedded into ${moving}.` : ".");
+}
+
 function showView(view) {
   const library = view === "library";
   $("library-view").hidden = !library;
   $("keys-view").hidden = view !== "keys";
   $("ask-view").hidden = view !== "ask";
+  $("evals-view").hidden = view !== "evals";
   if (view === "keys") refreshKeys();
+  if (view === "evals") openEvaluations();
   for (const b of document.querySelectorAll(".views button")) {
     if (b.dataset.view === view) b.setAttribute("aria-current", "page");
     else b.removeAttribute("aria-current");
   }
   if (library) refreshLibrary();
+}
+
+// The evaluations view loads its script and style sheet the first time it is opened.
+function openEvaluations() {
+  if (window.verityEvals) { window.verityEvals.refresh(); return; }
+  if ($("evals-script")) return;
+  const script = el("script", { id: "evals-script", src: "/static/evals.js" });
+  script.addEventListener("error", () => {
+    script.remove(); // the next visit tries again
+    $("evals-status").textContent = "Could not load the evaluations view; try again.";
+  });
+  document.head.append(script);
 }
 
 async function upload(files) {
@@ -77,7 +102,9 @@ function formatSeconds(s) {
 
 function jobSummary(job) {
   const p = job.progress;
-  const parts = [`${p.files_done} of ${p.files_total} files`, `${p.chunks_written} chunks`];
+  const parts = job.kind === "reembed"
+    ? ["Re-embedding", `${p.chunks_written} of ${p.chunks_total} chunks`]
+    : [`${p.files_done} of ${p.files_total} files`, `${p.chunks_written} chunks`];
   if (job.status === "running" && typeof job.eta_s === "number") parts.push(`about ${formatSeconds(job.eta_s)} left`);
   else if (!ACTIVE.has(job.status) && typeof job.elapsed_s === "number") parts.push(`took ${formatSeconds(job.elapsed_s)}`);
   return parts.join(" · ");
@@ -85,13 +112,17 @@ function jobSummary(job) {
 
 function jobItem(job) {
   const p = job.progress;
+  const reembed = job.kind === "reembed";
   const title = el("p", { class: "job-head" }, el("span", { class: `pill ${job.status}` }, job.status),
     " ", jobSummary(job));
-  const bar = el("progress", { max: String(Math.max(1, p.files_total)), value: String(p.files_done),
-    "aria-label": `Upload progress: ${p.files_done} of ${p.files_total} files` });
-  const item = el("li", { class: "job", "data-job": job.id }, title, bar);
+  const [done, total, unit] = reembed ? [p.chunks_written, p.chunks_total, "chunks"]
+    : [p.files_done, p.files_total, "files"];
+  const bar = el("progress", { max: String(Math.max(1, total)), value: String(done),
+    "aria-label": `${reembed ? "Re-embed" : "Upload"} progress: ${done} of ${total} ${unit}` });
+  const item = el("li", { class: "job", "data-job": job.id, "data-kind": job.kind || "ingest" }, title, bar);
   if (ACTIVE.has(job.status)) {
-    const cancel = el("button", { type: "button", "aria-label": `Cancel the upload of ${p.files_total} files` }, "Cancel");
+    const cancel = el("button", { type: "button", "aria-label": reembed ? "Cancel the re-embed"
+      : `Cancel the upload of ${p.files_total} files` }, "Cancel");
     cancel.addEventListener("click", () => cancelJob(job.id));
     title.append(" ", cancel);
   }
@@ -124,7 +155,7 @@ async function refreshJobs() {
   $("jobs").replaceChildren(...jobs.map(jobItem));
   if (!jobs.length) $("jobs").append(el("li", { class: "meta" }, "No uploads into this collection yet."));
   const running = jobs.some((j) => ACTIVE.has(j.status));
-  if (wasRunning && !running) loadCollections(); // new document counts
+  if (wasRunning && !running) loadCollections().then(showVectors); // new counts and vectors
   wasRunning = running;
   if (running && !$("library-view").hidden) pollTimer = setTimeout(refreshJobs, POLL_MS);
   if (!running || jobs.some((j) => j.progress.files_done)) await refreshDocuments();
@@ -144,6 +175,7 @@ async function refreshDocuments() {
     $("docs-more").textContent = body.total > body.documents.length
       ? `Showing ${body.documents.length} of ${body.total} documents.` : "";
   }
+  showVectors();
   renderDocuments();
 }
 
@@ -151,21 +183,63 @@ function renderDocuments() {
   const wanted = $("doc-filter").value.trim().toLowerCase();
   const shown = documentsShown.filter((d) => !wanted ||
     d.source.toLowerCase().includes(wanted) || d.title.toLowerCase().includes(wanted));
-  $("docs").replaceChildren(...shown.map((d) => {
+  $("docs").replaceChildren(...shown.map((d, i) => {
     const remove = el("button", { type: "button", "aria-label": `Delete ${d.source}` }, "Delete");
     remove.addEventListener("click", () => deleteDocument(d));
+    const panel = `chunks-${i}`;
+    const toggle = el("button", { type: "button", class: "chunks-toggle", "aria-expanded": "false",
+      "aria-controls": panel, "aria-label": `Show the chunks of ${d.source}` }, "Chunks");
+    toggle.addEventListener("click", () => toggleChunks(toggle, d, panel));
     return el("tr", { "data-doc": d.id },
       el("td", {}, el("span", { class: "name" }, d.source), d.title && d.title !== d.source
         ? el("span", { class: "meta block" }, d.title) : ""),
       el("td", {}, String(d.chunk_count)),
       el("td", {}, d.groups.length ? d.groups.join(", ") : "everyone"),
       el("td", {}, new Date(d.ingested_at).toLocaleString()),
-      el("td", {}, remove));
+      el("td", { class: "actions" }, toggle, " ", remove));
   }));
   if (!shown.length) {
     $("docs").append(el("tr", {}, el("td", { colspan: "5", class: "meta" },
       documentsShown.length ? "No document matches the filter." : "No documents yet: drop some above.")));
   }
+}
+
+async function toggleChunks(toggle, d, panel) {
+  const row = toggle.closest("tr");
+  const open = toggle.getAttribute("aria-expanded") === "true";
+  toggle.setAttribute("aria-expanded", String(!open));
+  toggle.setAttribute("aria-label", `${open ? "Show" : "Hide"} the chunks of ${d.source}`);
+  if (open) {
+    document.getElementById(panel)?.closest("tr").remove();
+    return;
+  }
+  // Scrolls on its own when long, so it takes focus: the keyboard can scroll it too.
+  const list = el("ol", { class: "chunk-list", tabindex: "0", "aria-label": `Chunks of ${d.source}` });
+  const more = el("button", { type: "button", hidden: "" }, "Show more chunks");
+  const holder = el("div", { id: panel, class: "chunk-preview" }, list, more);
+  row.after(el("tr", { class: "chunks-row" }, el("td", { colspan: "5" }, holder)));
+  more.addEventListener("click", () => loadChunks(d, list, more));
+  await loadChunks(d, list, more);
+}
+
+async function loadChunks(d, list, more) {
+  const query = new URLSearchParams({ limit: String(CHUNK_PAGE), offset: String(list.children.length) });
+  const response = await fetch(`/v1/documents/${encodeURIComponent(d.id)}/chunks?` + query,
+    { headers: headers(false) });
+  if (!response.ok) {
+    list.append(el("li", { class: "reason" }, "Could not load the chunks: " + (await errorMessage(response))));
+    more.hidden = true;
+    return;
+  }
+  const body = await response.json();
+  for (const c of body.chunks) {
+    const where = [c.heading, c.page ? `page ${c.page}` : "", `${c.token_count} tokens`].filter(Boolean);
+    list.append(el("li", { class: "chunk", value: String(c.ordinal + 1) },
+      el("p", { class: "meta" }, `#${c.ordinal + 1} · ${where.join(" · ")}`),
+      el("p", { class: "chunk-text" }, c.text)));
+  }
+  more.hidden = list.children.length >= body.total;
+  if (!more.hidden) more.textContent = `Show more chunks (${list.children.length} of ${body.total})`;
 }
 
 async function cancelJob(id) {
@@ -187,14 +261,21 @@ async function deleteDocument(d) {
 
 async function reindex() {
   const name = collectionName();
-  libraryStatus(`Re-indexing ${name}…`);
+  const reembed = $("reembed").checked;
+  libraryStatus(reembed ? `Queueing a re-embed of ${name}…` : `Re-indexing ${name}…`);
   const response = await fetch(`/v1/collections/${encodeURIComponent(name)}/reindex`,
-    { method: "POST", headers: headers(false) });
+    { method: "POST", headers: headers(true), body: JSON.stringify({ re_embed: reembed }) });
   if (!response.ok) {
-    libraryStatus("Could not re-index: " + (await errorMessage(response)));
+    libraryStatus(`Could not ${reembed ? "re-embed" : "re-index"}: ` + (await errorMessage(response)));
     return;
   }
   const body = await response.json();
+  if (reembed) {
+    libraryStatus(`Re-embedding ${name}: ${body.chunks} chunks; it stays searchable meanwhile.`);
+    await loadCollections();
+    await refreshJobs();
+    return;
+  }
   libraryStatus(`Re-indexed ${name}: ${body.chunks} chunks in ${body.seconds.toFixed(1)} s.`);
 }
 

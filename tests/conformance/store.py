@@ -349,6 +349,26 @@ class StoreConformance:
         with pytest.raises(NotFoundError):
             store.chunk_context("no-such-chunk", window=1)
 
+    def test_list_chunks_pages_in_reading_order_only_for_who_may_read_them(
+        self, store: Store, store_factory: StoreFactory, restricted: str
+    ) -> None:
+        handbook = document_id(collection=f"{store.tenant}/{restricted}", source="handbook.md")
+        document, chunks = store.list_chunks(handbook, limit=2, offset=1)
+        assert (document.source, document.chunk_count) == ("handbook.md", 4)
+        assert [(c.id, c.ordinal, c.text) for c in chunks] == [
+            (chunk_id(handbook, 1), 1, "salary policy page 1"),
+            (chunk_id(handbook, 2), 2, "salary policy page 2")]
+        assert store.list_chunks(handbook, offset=4)[1] == []
+        secret = document_id(collection=f"{store.tenant}/{restricted}", source="salaries.md")
+        assert len(store.list_chunks(secret, where=SearchFilter(groups=("hr",)))[1]) == 1
+        for outsider in OUTSIDERS:
+            with pytest.raises(NotFoundError):
+                store.list_chunks(secret, where=outsider)
+        with pytest.raises(NotFoundError):
+            store_factory("another-tenant").list_chunks(handbook)
+        with pytest.raises(NotFoundError):
+            store.list_chunks("no-such-document")
+
     # --- search ---
 
     @pytest.mark.parametrize("mode", DENSE_MODES)

@@ -104,6 +104,30 @@ def test_reindex_rebuilds_faiss_files_from_postgres(tmp_path: Path) -> None:
     _assert_one_line_error(_run(["reindex", "-c", "nope"], env), "'nope' does not exist")
 
 
+def test_reindex_re_embeds_a_float32_collection_into_int8(tmp_path: Path) -> None:
+    from verity.backends.stores.database import Database
+    from verity.backends.stores.pgvector_store import PgvectorStore
+    from verity.core.settings import StoreSettings
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "fever.md").write_text("# Fever\n\nAspirin lowers fever in adults within an hour.\n")
+    env = cli_env(tmp_path)
+    float32 = {**env, "VERITY_EMBEDDER__PRECISION": "float32"}
+    assert _run(["ingest", str(notes), "--collection", "notes"], float32).returncode == 0
+    # the default embedder makes int8 vectors: the float32 collection refuses them
+    _assert_one_line_error(_run(["ingest", str(notes), "--collection", "notes"], env),
+                           "verity reindex --re-embed --collection notes")
+    result = _run(["reindex", "--re-embed", "--collection", "notes"], env)
+    assert result.returncode == 0, result.stderr
+    assert "collection notes: 1 chunks re-embedded into int8 vectors (onnx)" in result.stdout
+    assert "collection notes: 1 chunks in Postgres, 1 in FAISS" in result.stdout
+    with Database(StoreSettings(), data_dir=tmp_path) as db:
+        [stats] = PgvectorStore(db).stats()
+    assert (stats.embed_backend, stats.embed_precision, stats.reembed_precision) == (
+        "onnx", "int8", None)
+
+
 def test_tune_reranker_on_a_missing_collection(tmp_path: Path) -> None:
     result = _run(["tune", "reranker", "--collection", "nothing-here"], cli_env(tmp_path), timeout=120)
     _assert_one_line_error(result, "'nothing-here' does not exist")
@@ -230,6 +254,8 @@ def test_serve_runs_the_upload_worker_and_stops_it_on_sigterm(tmp_path: Path) ->
             assert time.monotonic() < deadline, job
             time.sleep(0.5)
         assert job["status"] == "done", job
+        # verity serve hands the service the reports folder (none saved yet).
+        assert httpx.get(f"{base}/v1/eval/reports").json() == {"reports": []}
     finally:
         log = _stop(proc)
     assert proc.returncode == 0, log

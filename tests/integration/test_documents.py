@@ -321,7 +321,8 @@ def test_collections_are_created_listed_and_deleted_by_admins(
                           json={"name": collection, "embedder": "bundled:all-MiniLM-L6-v2"})
     assert created.status_code == 201, created.text
     assert created.json() == {"name": collection, "embedder": "all-MiniLM-L6-v2", "dim": 384,
-                              "documents": 0, "chunks": 0}
+                              "documents": 0, "chunks": 0, "backend": "onnx", "precision": "int8",
+                              "re_embedding_to": None}
     again = client.post("/v1/collections", headers=admin, json={"name": collection})
     assert again.status_code == 409 and again.json()["error"]["type"] == "conflict"
     other = client.post("/v1/collections", headers=admin,
@@ -355,3 +356,33 @@ def test_worker_thread_ingests_uploads_and_stops_cleanly(
     assert not thread.is_alive()
     assert job["status"] == "done", job
     assert _sources(client, acme.admin, collection) == ["espresso.md"]
+
+
+def test_a_documents_chunks_are_listed_a_page_at_a_time_to_who_may_read_it(
+    client: TestClient, worker: IngestWorker, acme: Tenant, globex: Tenant, collection: str
+) -> None:
+    sections = "\n\n".join(f"## Part {i}\n\n" + f"Salary band {i} covers grade {i} staff. " * 30
+                           for i in range(4))
+    _ingest(client, worker, acme.admin, collection,
+            {"bands.md": f"# Bands\n\n{sections}".encode()}, groups="hr")
+    [doc] = client.get("/v1/documents", headers=_auth(acme.hr),
+                       params={"collection": collection}).json()["documents"]
+    url = f"/v1/documents/{doc['id']}/chunks"
+    whole = client.get(url, headers=_auth(acme.hr), params={"limit": 500})
+    assert whole.status_code == 200, whole.text
+    body = whole.json()
+    assert body["document"]["source"] == "bands.md" and body["total"] == doc["chunk_count"] > 3
+    assert [c["ordinal"] for c in body["chunks"]] == list(range(doc["chunk_count"]))
+    first = body["chunks"][0]
+    assert set(first) == {"chunk_id", "ordinal", "heading", "page", "token_count", "text"}
+    assert first["token_count"] > 0 and first["page"] is None
+    band = next(c for c in body["chunks"] if "Salary band 2" in c["text"])
+    assert band["heading"] == "Bands > Part 2", band
+    page = client.get(url, headers=_auth(acme.hr), params={"limit": 2, "offset": 1}).json()
+    assert page["chunks"] == body["chunks"][1:3] and (page["limit"], page["offset"]) == (2, 1)
+    # Outside the document's groups, in another tenant or unknown: the same 404.
+    for key, target in [(acme.eng, url), (globex.admin, url), (acme.admin, "/v1/documents/nope/chunks")]:
+        r = client.get(target, headers=_auth(key))
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found", r.text
+    assert client.get(url, headers=_auth(acme.hr), params={"limit": 0}).status_code == 422
+    assert client.get(url).status_code == 401

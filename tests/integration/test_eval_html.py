@@ -35,12 +35,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PROBE = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
-  const tables = [...document.querySelectorAll('table')];
+  // The provenance table is collapsed on purpose: it comes after the numbers, closed.
+  const tables = [...document.querySelectorAll('table')]
+    .filter(t => !t.closest('details.provenance:not([open])'));
   const probe = {
     images: imgs.length,
     decoded: imgs.filter(i => i.complete && i.naturalWidth > 100 && i.naturalHeight > 100).length,
     tables: tables.length,
     visible_tables: tables.filter(t => t.offsetHeight > 0 && t.offsetWidth > 0).length,
+    collapsed_tables: document.querySelectorAll('details.provenance:not([open]) table').length,
     drilldown_rows: document.querySelectorAll('table.drilldown tbody tr').length,
     published_rows: document.querySelectorAll('table.summary tr.published').length,
     scripts: document.scripts.length,
@@ -82,7 +85,8 @@ def test_retrieval_report_renders_tables_plots_and_drilldown(tmp_path: Path) -> 
     _, report = write_reports(result, provenance(data), tmp_path / "out", data)
     seen = render_in_chromium(report.with_suffix(".html"), tmp_path)
     assert seen["images"] == 3 and seen["decoded"] == 3  # metric bars, latency, recall@k
-    assert seen["tables"] == seen["visible_tables"] >= 4
+    assert seen["tables"] == seen["visible_tables"] >= 3  # summary, differences, drill-down
+    assert seen["collapsed_tables"] == 1  # provenance
     assert seen["drilldown_rows"] == len(QRELS)
     assert seen["published_rows"] >= 1
     assert seen["scripts"] == 1  # the probe: the page itself runs no script
@@ -113,3 +117,37 @@ def test_qa_report_renders_with_cjk_text_and_escaped_markup(tmp_path: Path) -> N
     # PopQA's published numbers are CRAG's gains over RAG, not an accuracy: listed, not tabled.
     assert seen["published_rows"] == 0 and seen["tables"] == seen["visible_tables"]
     assert "CRAG minus RAG, SelfRAG-LLaMA2-7b: accuracy gain = 0.190" in text
+
+
+LAYOUT = """() => {
+  const summary = document.getElementById('summary') || document.getElementById('differences');
+  const provenance = document.getElementById('provenance');
+  return {width: document.scrollingElement.scrollWidth,
+          summary_first: !!(summary.compareDocumentPosition(provenance)
+                            & Node.DOCUMENT_POSITION_FOLLOWING),
+          summary_top: summary.getBoundingClientRect().top,
+          provenance_open: provenance.open};
+}"""
+
+
+def test_report_pages_lead_with_the_summary_and_fit_1280_px(browser_page: Any,
+                                                             tmp_path: Path) -> None:
+    from eval.compare import compare_runs, load_run, render_comparison_html
+    from tests.helpers import save_eval_reports
+
+    names = save_eval_reports(tmp_path / "reports")
+    pages = {kind: tmp_path / "reports" / f"{name}.html" for kind, name in names.items()}
+    a, b = load_run(tmp_path / "reports" / f"{names['before']}.json"), load_run(
+        tmp_path / "reports" / f"{names['after']}.json")
+    pages["comparison"] = tmp_path / "comparison.html"
+    pages["comparison"].write_text(render_comparison_html(a, b, compare_runs(a, b)),
+                                   encoding="utf-8")
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    for kind, path in pages.items():
+        page.goto(path.as_uri())
+        seen = page.evaluate(LAYOUT)
+        assert seen["width"] <= 1280, (kind, seen)
+        assert seen["summary_first"] and not seen["provenance_open"], (kind, seen)
+        assert seen["summary_top"] < 800, (kind, seen)  # on the first screen
+        page.screenshot(path=str(tmp_path / f"report-{kind}-1280.png"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.archive import ReportFolder
 from eval.datasets import load_beir
 from eval.retrieval import MODES as ALL_MODES
 from eval.retrieval import (
@@ -133,15 +134,19 @@ def test_every_mode_runs_on_the_real_backends(
 @pytest.mark.slow
 def test_cli_writes_reports_and_reingests_nothing(dataset: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
-    env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1")
+    env.update(VERITY_DATA_DIR=str(tmp_path / "data"), HF_HUB_OFFLINE="1",
+               VERITY_EVAL__REPORTS_DIR=str(tmp_path / "saved"))
     out = tmp_path / "reports"
     args = [sys.executable, "-m", "verity.cli", "eval", "retrieval", "--dataset", str(dataset),
-            "--collection", "tiny", "--out", str(out), "--modes", ",".join(CLI_MODES),
-            "--depth", "10"]
-    runs = [subprocess.run(args, env=env, capture_output=True, text=True, timeout=300,
-                           stdin=subprocess.DEVNULL) for _ in range(2)]
+            "--collection", "tiny", "--modes", ",".join(CLI_MODES), "--depth", "10"]
+    # The first run names its folder; the second saves into a new one under the reports folder.
+    runs = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL) for command in (args + ["--out", str(out)], args)]
     for run in runs:
         assert run.returncode == 0, run.stdout + run.stderr
+    [saved] = ReportFolder(tmp_path / "saved").list_reports()
+    assert saved.name.startswith("retrieval-tiny-beir-") and saved.name.endswith("/retrieval")
+    assert saved.metrics["bm25"]["mrr@10"] == 1.0 and saved.name in runs[1].stdout
     assert "5 added" in runs[0].stderr and "0 chunks written" in runs[1].stderr
     assert "5 unchanged" in runs[1].stderr
     report = json.loads((out / "retrieval.json").read_text())

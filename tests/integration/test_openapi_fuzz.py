@@ -24,9 +24,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
+from eval.archive import ReportFolder
 from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conftest import make_settings
+from tests.helpers import save_eval_reports
 from verity.answering.runtime import Runtime
 from verity.backends.generators import OpenAIChatGenerator
 from verity.backends.llama_server import free_port
@@ -55,11 +57,15 @@ def fuzz_key(runtime: Runtime) -> str:
 
 
 @pytest.fixture(scope="module")
-def app(runtime: Runtime) -> FastAPI:
-    """The app with auth on and no rate limit (fuzzing is one long burst)."""
+def app(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    """The app with auth on and no rate limit (fuzzing is one long burst), serving saved
+    evaluation reports."""
     server = runtime.settings.server.model_copy(update={"auth": True, "rate_limit_per_minute": 0})
     settings_ = runtime.settings.model_copy(update={"server": server})
-    return create_app(settings_, runtime=replace(runtime, settings=settings_))
+    reports = tmp_path_factory.mktemp("fuzz-reports") / "reports"
+    save_eval_reports(reports)
+    return create_app(settings_, runtime=replace(runtime, settings=settings_),
+                      reports=ReportFolder(reports))
 
 
 # The schema is read at collection time, before any backend runs: building the app
@@ -100,6 +106,24 @@ def test_generating_operations_conform_with_the_model_down(case: Any, app_withou
                                                            fuzz_key: str) -> None:
     case.call_and_validate(app=app_without_model, base_url=BASE_URL,
                            headers={"Authorization": f"Bearer {fuzz_key}"})
+
+
+# The fuzz key above is no admin, so the report routes answered it 403; an admin key
+# reaches the reports folder: names of every shape, none may be a 5xx or leave the folder.
+reports_schema = schemathesis.openapi.from_dict(SPEC).include(path_regex="^/v1/eval/")
+
+
+@pytest.fixture(scope="module")
+def fuzz_admin_key(runtime: Runtime) -> str:
+    return ApiKeys(runtime.db).create(tenant=TENANT, name="schemathesis admin", is_admin=True)[0]
+
+
+@pytest.mark.timeout(300)
+@reports_schema.parametrize()
+@settings(max_examples=50, deadline=timedelta(seconds=10), suppress_health_check=list(HealthCheck))
+def test_report_routes_conform_for_an_admin(case: Any, app: FastAPI, fuzz_admin_key: str) -> None:
+    case.call_and_validate(app=app, base_url=BASE_URL,
+                           headers={"Authorization": f"Bearer {fuzz_admin_key}"})
 
 
 # What the fuzzer found, pinned so it cannot come back unnoticed.

@@ -137,3 +137,79 @@ def test_upload_follow_cancel_retry_delete_and_reindex_in_a_real_browser(
         for name, shot in [("library.png", "library-desktop.png"),
                            ("library-narrow.png", "library-narrow.png")]:
             (target / name).write_bytes((tmp_path / shot).read_bytes())
+
+
+def test_a_documents_chunks_expand_and_a_collection_is_re_embedded_in_a_real_browser(
+    retrieval_runtime: Runtime, browser_page: Any, data_dir: Path
+) -> None:
+    from ingest.pipeline import IngestPipeline
+    from verity.backends.onnx_embedder import OnnxEmbedder
+    from verity.core.settings import ChunkingSettings, EmbedderSettings
+    from verity.core.types import Document, Section
+
+    runtime = retrieval_runtime
+    collection = f"chunks-{uuid.uuid4().hex[:8]}"
+    key = ApiKeys(runtime.db).create(tenant=runtime.store.tenant, is_admin=True)[0]
+    # float32 vectors, so that the server's int8 embedder has something to re-embed
+    float32 = OnnxEmbedder(EmbedderSettings(precision="float32"), data_dir=data_dir)
+    paragraphs = "\n\n".join(f"Rule {i}: the office on floor {i} opens at {i % 12 + 1} o'clock, "
+                             f"and its kitchen is cleaned on day {i} of every month. " * 6
+                             for i in range(12))
+    doc = Document(source="rules.md", title="House rules",
+                   sections=(Section(paragraphs, heading="House rules > Offices"),),
+                   content_hash="rules-1")
+    report = IngestPipeline(store=runtime.store, embedder=float32,
+                            chunking=ChunkingSettings(chunk_tokens=64, overlap_tokens=8)
+                            ).ingest_documents([doc], collection=collection)
+    assert report.ok and report.chunks_written > 20, report
+    chunks = report.chunks_written
+    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
+                          chunking=runtime.settings.chunking,
+                          settings=WorkerSettings(poll_interval_s=0.1))
+    worker.run_pending()  # jobs other modules left queued would run first
+    app = create_app(runtime.settings, runtime=runtime)
+    app.state.runtime = runtime
+    page = browser_page
+    with serve_app(app) as url:
+        page.goto(url + "/")
+        page.get_by_label("API key").fill(key)
+        page.keyboard.press("Enter")
+        page.get_by_role("button", name="Documents").click()
+        page.get_by_label("Collection", exact=True).select_option(collection)
+        expect(page.locator("#docs tr[data-doc]")).to_have_count(1)
+        expect(page.locator("#collection-vectors")).to_have_text("Vectors: float32 (onnx).")
+
+        # The row expands to its first 20 chunks, then the rest, and collapses by keyboard.
+        toggle = page.get_by_role("button", name="Show the chunks of rules.md")
+        toggle.click()
+        preview = page.get_by_role("list", name="Chunks of rules.md")
+        expect(preview.locator("li.chunk")).to_have_count(20)
+        expect(preview.locator("li.chunk").first).to_contain_text("#1 · House rules > Offices · ")
+        expect(preview.locator("li.chunk").first).to_contain_text("Rule 0: the office")
+        expect(page.get_by_role("button", name="Hide the chunks of rules.md")).to_have_attribute(
+            "aria-expanded", "true")
+        page.get_by_role("button", name="Show more chunks").click()
+        expect(preview.locator("li.chunk")).to_have_count(chunks)
+        expect(page.get_by_role("button", name="Show more chunks")).to_be_hidden()
+        assert axe_violations(page) == []
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.set_viewport_size({"width": 1280, "height": 900})
+        hide = page.get_by_role("button", name="Hide the chunks of rules.md")
+        hide.focus()
+        page.keyboard.press("Enter")
+        expect(preview).to_have_count(0)
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+
+        # Re-index with re-embed: a job with progress in chunks, done by the worker.
+        page.get_by_role("checkbox", name="re-embed").check()
+        page.get_by_role("button", name="Re-index").click()
+        expect(page.locator("#library-status")).to_contain_text(f"Re-embedding {collection}")
+        job = page.locator('#jobs .job[data-kind="reembed"]').first
+        expect(job.get_by_role("progressbar")).to_have_attribute("max", str(chunks))
+        with worker.running():
+            expect(job.locator(".job-head .pill")).to_have_text("done", timeout=60_000)
+        expect(job.locator(".job-head")).to_contain_text(f"{chunks} of {chunks} chunks")
+        expect(page.locator("#collection-vectors")).to_have_text("Vectors: int8 (onnx).")
+    [stats] = [s for s in runtime.store.stats() if s.name == collection]
+    assert (stats.embed_backend, stats.embed_precision) == ("onnx", "int8")

@@ -287,6 +287,11 @@ def test_compare_command_prints_intervals_and_gates_set_the_exit_code(tmp_path: 
     assert ok.exit_code == 0, ok.output
     assert "| rag | accuracy | 40 | 0.7500 | 0.2500 | -0.5000 |" in ok.output
     assert (tmp_path / "c.md").read_text() == ok.output
+    page = runner.invoke(app, ["eval", "compare", str(before), str(after), "--out",
+                               str(tmp_path / "c.html")])
+    html = (tmp_path / "c.html").read_text()
+    assert page.exit_code == 0 and html.startswith("<!DOCTYPE html>")
+    assert html.index("Differences (B − A)") < html.index('class="provenance"')
     failed = runner.invoke(app, ["eval", "compare", str(before), str(after),
                                  "--fail-if", "delta_high(accuracy) < 0"])
     assert failed.exit_code == 1 and "gate failed: delta_high(accuracy) < 0: rag" in failed.output

@@ -42,6 +42,17 @@ def test_pdf_keeps_page_numbers(tmp_path: Path) -> None:
         (1, "First page text"), (2, "Second page text")]
 
 
+def test_only_a_pdf_keeps_its_original_bytes(tmp_path: Path) -> None:
+    data = make_pdf(["First page.", "Second page."])
+    (tmp_path / "a.pdf").write_bytes(data)
+    (tmp_path / "a.md").write_text("# A\n\nText.")
+    pdf = load_file(tmp_path / "a.pdf", source="a.pdf", max_bytes=10**6)
+    assert pdf.original is not None
+    assert (pdf.original.media_type, pdf.original.content) == ("application/pdf", data)
+    assert load_file(tmp_path / "a.md", source="a.md", max_bytes=10**6).original is None
+    assert "original" not in repr(pdf)  # bytes stay out of logs
+
+
 def test_content_hash_depends_on_bytes_and_fingerprint(tmp_path: Path) -> None:
     p = tmp_path / "a.txt"
     p.write_text("one")

@@ -5,9 +5,11 @@ their corpus ingested through the callables made here."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from verity.core.settings import ChunkingSettings, Settings
 
 app = typer.Typer(
-    help="Measure Verity on benchmark datasets; reports go to --out.",
+    help="Measure Verity on benchmark datasets; reports go to --out (default: a new folder "
+         "under VERITY_EVAL__REPORTS_DIR, which the web page browses).",
     no_args_is_help=True,
 )
 
@@ -48,7 +51,9 @@ BeirOpt = Annotated[Path, typer.Option(help="BEIR dataset folder (corpus.jsonl, 
                                             "qrels/)")]
 RetrievalCollectionOpt = Annotated[str, typer.Option(
     help="collection to ingest the corpus into (with --url: the service's collection holding it)")]
-RetrievalOutOpt = Annotated[Path, typer.Option(help="folder for retrieval.md, .json and .html")]
+RetrievalOutOpt = Annotated[Path | None, typer.Option(
+    help="folder for retrieval.md, .json and .html (default: "
+         "REPORTS_DIR/retrieval-DATASET-TIME)")]
 ModesOpt = Annotated[str | None, typer.Option(
     help="'all' or comma-separated: bm25, dense-float32, dense-int8, dense-binary, "
          "dense-binary-rescore, hybrid, hybrid+rerank (default dense-float32,"
@@ -69,7 +74,9 @@ RerankWeightOpt = Annotated[float | None, typer.Option(
 
 QaDatasetOpt = Annotated[Path, typer.Option(
     help="QA JSONL, or a popqa_crag, squad_v2 or rgb folder (or an RGB zh_*.json file)")]
-QaOutOpt = Annotated[Path, typer.Option(help="folder for reports and the per-question cache")]
+QaOutOpt = Annotated[Path | None, typer.Option(
+    help="folder for reports and the per-question cache; pass it again to resume a run "
+         "(default: REPORTS_DIR/qa-DATASET-TIME)")]
 ConfigsOpt = Annotated[str | None, typer.Option(
     help="comma-separated: rag, crag, crag+replay (CRAG with the dataset's recorded "
          "web results); default rag,crag")]
@@ -95,7 +102,7 @@ GenerateOpt = Annotated[bool, typer.Option(
 def eval_retrieval(
     dataset: BeirOpt,
     collection: RetrievalCollectionOpt,
-    out: RetrievalOutOpt,
+    out: RetrievalOutOpt = None,
     modes: ModesOpt = None,
     limit_queries: LimitQueriesOpt = None,
     split: SplitOpt = "test",
@@ -132,9 +139,17 @@ def eval_retrieval(
     except (ValueError, ValidationError) as e:
         raise fail(str(e)) from None
     data = load_beir(dataset, split=split).limited(limit_queries)
+    out = out or default_out(settings, "retrieval", data.name)
     report = _retrieval_run(settings, data, name, configs, out=out, url=url, api_key=api_key,
                             depth=depth, oversample=oversample)
     _finish_run(report, baseline=baseline, gates=gates)
+
+
+def default_out(settings: Settings, kind: str, dataset: str) -> Path:
+    """A new folder for a run's reports under the reports folder: ``KIND-DATASET-UTCTIME``."""
+    safe = re.sub(r"[^A-Za-z0-9_]+", "-", dataset).strip("-")[:80] or "dataset"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return settings.reports_dir / f"{kind}-{safe}-{stamp}"
 
 
 def _retrieval_run(settings: Settings, data: BeirDataset, collection: str,
@@ -218,8 +233,9 @@ def _apply_gates(gates: list[Gate], summary: dict[str, Any],
 def eval_compare(
     run_a: Annotated[Path, typer.Argument(help="the earlier run: report JSON or its folder")],
     run_b: Annotated[Path, typer.Argument(help="the later run: report JSON or its folder")],
-    out: Annotated[Path | None, typer.Option(help="also write the comparison as Markdown here")]
-        = None,
+    out: Annotated[Path | None, typer.Option(
+        help="also write the comparison here: an HTML page if the name ends in .html, "
+             "else Markdown")] = None,
     fail_if: FailIfOpt = None,
 ) -> None:
     """What changed from RUN_A to RUN_B, per metric, with paired bootstrap intervals and significance.
@@ -227,7 +243,7 @@ def eval_compare(
     Gates name RUN_B's numbers ('ndcg@10 < 0.70') or the change ('delta(ndcg@10) < -0.02',
     'delta_high(accuracy) < 0' = a significant drop).
     """
-    from eval.compare import compare_runs, load_run, render_comparison
+    from eval.compare import compare_runs, load_run, render_comparison, render_comparison_html
 
     try:
         gates = _gates(fail_if)
@@ -238,7 +254,8 @@ def eval_compare(
     text = render_comparison(a, b, rows)
     typer.echo(text, nl=False)
     if out is not None:
-        out.write_text(text, encoding="utf-8")
+        page = render_comparison_html(a, b, rows) if out.suffix == ".html" else text
+        out.write_text(page, encoding="utf-8")
     _apply_gates(gates, b.summary, rows)
 
 
@@ -246,7 +263,7 @@ def eval_compare(
 @clean_errors
 def eval_qa(
     dataset: QaDatasetOpt,
-    out: QaOutOpt,
+    out: QaOutOpt = None,
     configs: ConfigsOpt = None,
     matrix: MatrixOpt = None,
     collection: QaCollectionOpt = None,
@@ -270,6 +287,7 @@ def eval_qa(
     gates, config_list, data, name = _qa_setup(dataset, configs, matrix, collection, limit=limit,
                                                skip=skip, url=url, judge=judge, fail_if=fail_if,
                                                generate=generate)
+    out = out or default_out(settings, "qa", data.name)
     with ExitStack() as stack:
         target = _qa_target(stack, settings, data, name, config_list, url=url, api_key=api_key,
                             generate=generate)

@@ -22,6 +22,7 @@ from verity.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from eval.archive import ReportFolder
     from verity.answering.runtime import Runtime
     from verity.core.settings import Settings
 
@@ -63,8 +64,17 @@ def serve(
                      runtime.generator_name,
                      "API keys required" if server.auth else "dev mode: no API keys")
             # log_config=None: uvicorn's own lines go through the handler set up above.
-            uvicorn.run(create_app(settings, runtime=runtime), host=server.host,
+            uvicorn.run(create_app(settings, runtime=runtime, reports=_reports(settings)),
+                        host=server.host,
                         port=server.port, log_level="info", access_log=False, log_config=None)
+
+
+def _reports(settings: Settings) -> ReportFolder | None:
+    """The saved evaluation reports the service shows admin keys (eval reads them, the CLI
+    hands them over: the service never imports eval)."""
+    from eval.archive import ReportFolder
+
+    return ReportFolder(settings.reports_dir) if settings.eval.serve_reports else None
 
 
 def _server_settings(settings: Settings, *, host: str | None, port: int | None,

@@ -90,8 +90,11 @@ class Store(Protocol):
         """
         ...
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
-        """Refuse an embedder whose vectors cannot be compared with the collection's.
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
+        """Refuse an embedder whose vectors cannot be compared with the collection's: as a
+        query embedder, or with ``writing`` as one whose document vectors are about to be
+        written (while a re-embed runs, only the target's may be).
 
         Raises:
             NotFoundError: the tenant has no collection of that name.
@@ -129,24 +132,29 @@ class Store(Protocol):
         ...
 
     def write_document(
-        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray
+        self, *, collection: str, document: Document, chunks: Sequence[Chunk], embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         """Replace a document and all its chunks in one transaction; returns its id.
 
         The id is ``document_id(collection=f"{tenant}/{collection}", source=document.source)``,
         so writing the same source again replaces it, and writing the same content again
-        leaves the same rows.
+        leaves the same rows. With ``vectors`` (the backend and precision that made the
+        embeddings), they are checked as :meth:`check_vectors` with ``writing`` does, in the
+        write's own transaction: a re-embed that starts meanwhile either re-embeds what
+        this write commits or makes it fail.
 
         Raises:
             ValueError: ``chunks`` and ``embeddings`` differ in length.
             NotFoundError: the collection does not exist (create it first).
-            ConfigError: the embeddings have another dimension than the collection.
+            ConfigError: the embeddings have another dimension than the collection, or
+                ``vectors`` may not be written into it.
             StoreError: the write failed; nothing of it is visible.
         """
         ...
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write many documents, each as :meth:`write_document` would; faster than one call each.
 
         Returns, for each document in order, its id or the error that kept it out
@@ -210,6 +218,16 @@ class Store(Protocol):
 
         Raises:
             NotFoundError: no such chunk in the tenant, or ``where`` hides its document.
+        """
+        ...
+
+    def list_chunks(self, doc_id: str, *, where: SearchFilter | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[DocumentInfo, list[Chunk]]:
+        """A document of the tenant that ``where`` allows and one page of its chunks, in
+        reading order (``offset`` chunks skipped, at most ``limit`` returned).
+
+        Raises:
+            NotFoundError: no such document, or ``where`` hides it.
         """
         ...
 

@@ -110,6 +110,10 @@ class ChunkingSettings(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16)
     overlap_tokens: int = Field(default=32, ge=0)
     max_file_mb: float = Field(default=50.0, gt=0)
+    keep_file_mb: float = Field(
+        default=25.0, ge=0,
+        description="PDFs up to this size keep their original bytes, so the web page can show "
+                    "the cited page itself; 0 keeps none")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSettings:
@@ -338,6 +342,25 @@ class WorkerSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, description="claims of one job before it fails")
 
 
+class EvalSettings(BaseModel):
+    """Where ``verity eval`` writes its reports and the service finds them."""
+
+    reports_dir: Path | None = Field(
+        default=None,
+        description="folder of saved evaluation reports (default DATA_DIR/reports): the parent "
+                    "of `verity eval --out` when --out is not given, browsed by the web page")
+    serve_reports: bool = Field(
+        default=True,
+        description="verity serve lists and shows the reports to admin keys (/v1/eval); reports "
+                    "are the server's, not a tenant's: turn off where tenant admins must not "
+                    "see them")
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+
 class Settings(BaseSettings):
     """Everything Verity can be told. See docs/configuration.md for the table."""
 
@@ -367,6 +390,12 @@ class Settings(BaseSettings):
     rerank: RerankSettings = RerankSettings()
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
+    eval: EvalSettings = EvalSettings()
+
+    @property
+    def reports_dir(self) -> Path:
+        """The folder of saved evaluation reports: ``eval.reports_dir`` or ``DATA_DIR/reports``."""
+        return self.eval.reports_dir or self.data_dir / "reports"
 
     @field_validator("data_dir")
     @classmethod

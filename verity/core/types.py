@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 AnswerStatus = Literal["answered", "abstained", "generation_unavailable"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+# What a job does: ingest uploaded files, or re-embed a collection's chunks in place.
+JobKind = Literal["ingest", "reembed"]
 
 
 def document_id(*, collection: str, source: str) -> str:
@@ -39,9 +41,30 @@ class Section:
     page: int | None = None
 
 
+# Formats whose original file is kept beside the chunks, by suffix: a reader checking a
+# citation sees the page itself. Text formats are shown from their chunks.
+KEPT_FILE_TYPES: dict[str, str] = {".pdf": "application/pdf"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A document's original bytes, kept so a reader can see the file itself (a PDF's pages)."""
+
+    media_type: str
+    content: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Document:
-    """A loaded source file (or record) before splitting."""
+    """A loaded source file (or record) before splitting.
+
+    ``original`` holds the file's bytes for the formats whose file is kept beside the
+    chunks (PDF); None for the others.
+    """
 
     source: str
     title: str
@@ -49,6 +72,7 @@ class Document:
     content_hash: str
     metadata: dict[str, Any] = field(default_factory=dict)
     acl_groups: tuple[str, ...] = ()
+    original: StoredFile | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
@@ -115,6 +139,10 @@ class CollectionStats:
     chunks: int
     embed_model: str | None
     embed_dim: int | None
+    embed_backend: str | None = None
+    embed_precision: str | None = None
+    reembed_precision: str | None = None
+    """While a re-embed runs: the precision the vectors are moving to."""
 
 
 FilterOp = Literal["eq", "in", "gt", "gte", "lt", "lte"]
@@ -191,7 +219,8 @@ class JobProgress:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """An ingestion job: uploaded files to load into one collection of one tenant.
+    """A job on one collection of one tenant: uploaded files to ingest, or (``kind``
+    ``reembed``) the collection's chunks to embed again, ``chunks_total`` of them.
 
     ``attempt`` is the number of times a worker claimed it; a worker's updates
     only apply while the job is still on the attempt it claimed.
@@ -211,6 +240,8 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     files: tuple[str, ...] = ()
+    kind: JobKind = "ingest"
+    chunks_total: int = 0
 
 
 FeedbackRating = Literal["up", "down"]

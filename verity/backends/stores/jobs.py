@@ -21,7 +21,8 @@ from verity.core.types import FileFailure, Job, JobProgress, UploadedFile
 
 _COLUMNS = """
 id::text, tenant, collection, status, files_total, files_done, chunks_written, failures,
-acl_groups, metadata, error, attempt, created_at, started_at, finished_at, filenames
+acl_groups, metadata, error, attempt, created_at, started_at, finished_at, filenames, kind,
+chunks_total
 """
 
 INSERT_JOB = """
@@ -45,6 +46,22 @@ WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at
 RETURNING {_COLUMNS}
 """
 
+# One queued job by id (a command that queues a job and runs it itself).
+CLAIM_ONE = f"""
+UPDATE jobs SET status = 'running', attempt = attempt + 1, worker = %(worker)s,
+       started_at = now(), updated_at = now()
+WHERE id = %(id)s AND status = 'queued'
+RETURNING {_COLUMNS}
+"""
+
+INSERT_REEMBED = """
+INSERT INTO jobs (tenant, collection, kind, chunks_total, metadata)
+SELECT %(tenant)s, %(collection)s, 'reembed', %(chunks_total)s, %(target)s
+WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = %(tenant)s AND collection = %(collection)s
+                  AND kind = 'reembed' AND status IN ('queued', 'running'))
+RETURNING id::text
+"""
+
 GET_FILES = "SELECT filename, content FROM job_files WHERE job_id = %(id)s ORDER BY ordinal"
 
 _OWNED = "id = %(id)s AND status = 'running' AND attempt = %(attempt)s"
@@ -52,6 +69,12 @@ _OWNED = "id = %(id)s AND status = 'running' AND attempt = %(attempt)s"
 UPDATE_PROGRESS = f"""
 UPDATE jobs SET files_done = %(files_done)s, chunks_written = %(chunks_written)s,
        failures = %(failures)s, updated_at = now()
+WHERE {_OWNED}
+"""
+
+UPDATE_CHUNKS = f"""
+UPDATE jobs SET chunks_written = %(chunks_written)s, chunks_total = %(chunks_total)s,
+       updated_at = now()
 WHERE {_OWNED}
 """
 
@@ -99,6 +122,8 @@ RETURNING {_COLUMNS}
 """
 
 CANCELLED = "cancelled before it finished; files ingested until then stay in the collection"
+REEMBED_CANCELLED = ("cancelled before it finished; chunks re-embedded until then keep their "
+                     "new vectors, and re-embedding again with the same embedder resumes after them")
 
 COUNT_BY_STATUS = "SELECT status, count(*) FROM jobs GROUP BY status"
 
@@ -139,10 +164,32 @@ class JobQueue:
                 ])
         return job_id
 
-    def claim(self, *, worker: str) -> Job | None:
-        """Mark the oldest queued job running for ``worker`` and return it; None if none is queued."""
+    def enqueue_reembed(self, *, tenant: str, collection: str, chunks_total: int,
+                        backend: str, precision: str) -> str:
+        """Queue a re-embed of a collection into vectors of ``backend`` and ``precision`` (kept
+        in the job's metadata); returns the job id.
+
+        Raises:
+            ConflictError: a re-embed of the collection is already queued or running.
+        """
         with self._db.pool.connection() as conn:
-            row = conn.execute(CLAIM, {"worker": worker}).fetchone()
+            target = json.dumps({"backend": backend, "precision": precision})
+            row = conn.execute(INSERT_REEMBED, {"tenant": tenant, "collection": collection,
+                                                "chunks_total": chunks_total,
+                                                "target": target}).fetchone()
+        if row is None:
+            raise ConflictError(f"a re-embed of collection {collection!r} is already queued or "
+                                "running; follow it in GET /v1/jobs, or cancel it first")
+        return str(row[0])
+
+    def claim(self, *, worker: str, job_id: str | None = None) -> Job | None:
+        """Mark the oldest queued job (or the queued job ``job_id``) running for ``worker`` and
+        return it; None if there is none."""
+        with self._db.pool.connection() as conn:
+            if job_id is None:
+                row = conn.execute(CLAIM, {"worker": worker}).fetchone()
+            else:
+                row = conn.execute(CLAIM_ONE, {"worker": worker, "id": job_id}).fetchone()
         return None if row is None else _job(row)
 
     def files(self, job: Job) -> list[UploadedFile]:
@@ -155,6 +202,13 @@ class JobQueue:
         """Record progress (and that the worker is alive); False if the job is no longer ours."""
         with self._db.pool.connection() as conn:
             cur = conn.execute(UPDATE_PROGRESS, {**_owned(job), **_progress(progress)})
+            return cur.rowcount > 0
+
+    def report_chunks(self, job: Job, *, done: int, total: int) -> bool:
+        """Record a re-embed's progress in chunks; False if the job is no longer ours."""
+        with self._db.pool.connection() as conn:
+            cur = conn.execute(UPDATE_CHUNKS, {**_owned(job), "chunks_written": done,
+                                               "chunks_total": total})
             return cur.rowcount > 0
 
     def end(self, job: Job, progress: JobProgress, *, error: str | None = None) -> Job | None:
@@ -212,8 +266,9 @@ class JobQueue:
         """
         job = self.get(job_id, tenant=tenant)
         with self._db.pool.connection() as conn, conn.transaction():
+            message = REEMBED_CANCELLED if job.kind == "reembed" else CANCELLED
             row = conn.execute(CANCEL, {"id": job.id, "tenant": tenant,
-                                        "error": CANCELLED}).fetchone()
+                                        "error": message}).fetchone()
             if row is not None:
                 conn.execute(DELETE_FILES, {"id": job.id})
         if row is None:
@@ -258,5 +313,6 @@ def _job(row: tuple[Any, ...]) -> Job:
     return Job(id=row[0], tenant=row[1], collection=row[2], status=row[3], files_total=row[4],
                progress=JobProgress(files_done=row[5], chunks_written=row[6], failures=failures),
                acl_groups=tuple(row[8]), metadata=dict(row[9]), error=row[10], attempt=row[11],
-               created_at=row[12], started_at=row[13], finished_at=row[14], files=tuple(row[15]))
+               created_at=row[12], started_at=row[13], finished_at=row[14], files=tuple(row[15]),
+               kind=row[16], chunks_total=int(row[17]))
 

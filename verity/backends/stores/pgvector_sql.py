@@ -18,15 +18,18 @@ GET_COLLECTION = """
 SELECT id, embed_model, embed_dim FROM collections WHERE tenant = %(tenant)s AND name = %(name)s
 """
 
+# What made the collection's vectors, and what a re-embed in progress is moving them to.
 GET_COLLECTION_VECTORS = """
-SELECT embed_backend, embed_precision FROM collections
-WHERE tenant = %(tenant)s AND name = %(name)s
+SELECT id, embed_model, embed_dim, embed_backend, embed_precision, reembed_backend,
+       reembed_precision, reembed_after
+FROM collections WHERE tenant = %(tenant)s AND name = %(name)s
 """
 
 # The latest writer's: re-ingesting with a compatible embedder re-embeds every document.
+# Not while a re-embed runs: the chunks it has not reached keep the recorded embedder's.
 SET_COLLECTION_VECTORS = """
 UPDATE collections SET embed_backend = %(embed_backend)s, embed_precision = %(embed_precision)s
-WHERE id = %(id)s
+WHERE id = %(id)s AND reembed_precision IS NULL
 """
 
 GET_DOCUMENT_HASH = """
@@ -89,7 +92,8 @@ _STATS = """
 SELECT c.name, c.embed_model, c.embed_dim,
        (SELECT count(*) FROM documents d WHERE d.collection_id = c.id AND {visible}) AS documents,
        (SELECT count(*) FROM chunks k JOIN documents d ON d.id = k.document_id
-        WHERE k.collection_id = c.id AND {visible}) AS chunks
+        WHERE k.collection_id = c.id AND {visible}) AS chunks,
+       c.embed_backend, c.embed_precision, c.reembed_precision
 FROM collections c WHERE c.tenant = %(tenant)s ORDER BY c.name
 """
 
@@ -150,6 +154,12 @@ def get_document(*, visible: sql.Composable) -> sql.Composed:
 
 CHUNK_DOCUMENT = "SELECT document_id FROM chunks WHERE id = %(id)s"
 
+# One page of a document's chunks, in reading order.
+DOCUMENT_CHUNKS = """
+SELECT id, document_id, ordinal, text, heading, page, token_count FROM chunks
+WHERE document_id = %(id)s ORDER BY ordinal LIMIT %(limit)s OFFSET %(offset)s
+"""
+
 # A chunk and its neighbours in the document, in reading order.
 CHUNK_CONTEXT = """
 SELECT n.id, n.document_id, n.ordinal, n.text, n.heading, n.page, n.token_count
@@ -170,9 +180,12 @@ SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # What a FAISS index must match: the number of chunks and an order-independent checksum
 # of their ids with their document's content hash. Re-ingesting a changed document keeps
 # its chunk ids (they are derived from the source) but changes the hash, so it shows here.
+# A re-embed changes vectors without changing ids or hashes: the collection's
+# vectors_generation, part of the checksum, changes with it.
 FAISS_MANIFEST = """
 SELECT count(*),
        coalesce(sum(hashtextextended(k.id || ':' || d.content_hash, 0)), 0)::text
+       || ':' || (SELECT vectors_generation FROM collections WHERE id = %(collection_id)s)
 FROM chunks k JOIN documents d ON d.id = k.document_id
 WHERE k.collection_id = %(collection_id)s
 """
@@ -451,3 +464,56 @@ def set_ef_search(ef: int) -> sql.Composed:
         "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order; "
         "SET LOCAL hnsw.max_scan_tuples = {}"
     ).format(sql.Literal(ef), sql.Literal(max(ef * SCAN_TUPLES_PER_CANDIDATE, MIN_SCAN_TUPLES)))
+
+
+# --- Re-embedding a collection in place (verity/backends/stores/reembed.py). ---
+
+LOCK_COLLECTION_VECTORS = GET_COLLECTION_VECTORS.rstrip() + " FOR UPDATE\n"
+# Writers of chunks hold this until they commit: a re-embed starts (FOR UPDATE) only once
+# they have, and a writer that locks after it sees the re-embed.
+SHARE_COLLECTION_VECTORS = GET_COLLECTION_VECTORS.rstrip() + " FOR SHARE\n"
+
+START_REEMBED = """
+UPDATE collections SET embed_backend = %(backend)s, embed_precision = %(precision)s,
+       reembed_backend = %(target_backend)s, reembed_precision = %(target_precision)s,
+       reembed_after = %(after)s
+WHERE id = %(id)s
+"""
+
+# Chunks not yet re-embedded, in id order, with what their embedding text is made of.
+REEMBED_BATCH = """
+SELECT k.id, k.text, k.heading, d.title, d.content_hash
+FROM chunks k JOIN documents d ON d.id = k.document_id
+WHERE k.collection_id = %(collection_id)s AND (%(after)s::text IS NULL OR k.id > %(after)s)
+ORDER BY k.id LIMIT %(limit)s
+"""
+
+COUNT_CHUNKS_UPTO = """
+SELECT count(*) FROM chunks
+WHERE collection_id = %(collection_id)s AND %(after)s::text IS NOT NULL AND id <= %(after)s
+"""
+
+# Moves the cursor, only while this target is still the one being re-embedded to; it also
+# locks the collection's row, so a re-embed that changes the target waits for the batch.
+ADVANCE_REEMBED = """
+UPDATE collections SET reembed_after = %(after)s
+WHERE id = %(collection_id)s AND reembed_backend = %(backend)s
+  AND reembed_precision = %(precision)s
+RETURNING id
+"""
+
+# A chunk whose document was re-written since the batch was read keeps its new vector.
+SET_CHUNK_VECTOR = """
+UPDATE chunks k SET embedding = %(embedding)s, embedding_bin = %(bits)s
+WHERE k.id = %(id)s AND EXISTS (
+    SELECT 1 FROM documents d WHERE d.id = k.document_id AND d.content_hash = %(content_hash)s)
+"""
+
+FINISH_REEMBED = """
+UPDATE collections SET embed_backend = reembed_backend, embed_precision = reembed_precision,
+       reembed_backend = NULL, reembed_precision = NULL, reembed_after = NULL,
+       vectors_generation = vectors_generation + 1
+WHERE id = %(collection_id)s AND reembed_backend = %(backend)s
+  AND reembed_precision = %(precision)s
+RETURNING id
+"""

@@ -18,6 +18,9 @@ import psycopg
 from pgvector import Bit, HalfVector
 
 from verity.backends.stores import pgvector_sql as q
+from verity.backends.stores.collection_vectors import query_compatible as query_compatible
+from verity.backends.stores.collection_vectors import query_refusal, read_state, write_refusal
+from verity.backends.stores.collection_vectors import vectors_compatible as vectors_compatible
 from verity.backends.stores.database import Database, first_line
 from verity.backends.stores.filters import compile_filter
 from verity.backends.stores.pgvector_write import lexical_text as lexical_text
@@ -86,29 +89,26 @@ class PgvectorStore:
             conn.execute(q.SET_COLLECTION_VECTORS, {"id": cid, **made})
             conn.execute(q.create_binary_index(collection_id=cid, dim=dim))
 
-    def check_vectors(self, name: str, *, backend: str, precision: str) -> None:
-        """Refuse a query embedder whose vectors cannot be compared with the collection's.
+    def check_vectors(self, name: str, *, backend: str, precision: str,
+                      writing: bool = False) -> None:
+        """Refuse a query embedder (or with ``writing``, a writer) whose vectors cannot be
+        compared with the collection's.
 
         Raises:
             NotFoundError: no such collection.
             ConfigError: the collection's vectors were made in an incompatible precision.
         """
         with self._db.pool.connection() as conn:
-            self._check_vectors(conn, name, backend=backend, precision=precision, query=True)
+            self._check_vectors(conn, name, backend=backend, precision=precision,
+                                query=not writing)
 
     def _check_vectors(self, conn: psycopg.Connection[Any], name: str, *, backend: str,
                        precision: str, query: bool = False) -> None:
-        row = conn.execute(q.GET_COLLECTION_VECTORS, {"tenant": self.tenant, "name": name}).fetchone()
-        if row is None:
-            raise NotFoundError(f"collection {name!r} does not exist; ingest documents into it first")
-        compatible = query_compatible if query else vectors_compatible
-        if not compatible(str(row[1]), precision):
-            raise ConfigError(
-                f"collection {name!r} holds {row[1]} vectors made with the {row[0]} backend, and "
-                f"this embedder makes {precision} vectors ({backend}): set "
-                f"VERITY_EMBEDDER__BACKEND={row[0]} and VERITY_EMBEDDER__PRECISION={row[1]}, or "
-                "ingest into a new collection"
-            )
+        state = read_state(conn, tenant=self.tenant, name=name)
+        refusal = query_refusal if query else write_refusal
+        problem = refusal(state, name=name, backend=backend, precision=precision)
+        if problem is not None:
+            raise problem
 
     def collection_model(self, name: str) -> tuple[str, int]:
         """The embedding model and dimension a collection was built with.
@@ -143,6 +143,7 @@ class PgvectorStore:
         document: Document,
         chunks: Sequence[Chunk],
         embeddings: np.ndarray,
+        vectors: tuple[str, str] | None = None,
     ) -> str:
         if len(chunks) != len(embeddings):
             raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
@@ -150,6 +151,7 @@ class PgvectorStore:
         write = DocumentWrite(document, chunks, embeddings)
         try:
             with self._db.pool.connection() as conn, conn.transaction():
+                self._lock_for_writing(conn, collection, vectors)
                 cid, _, dim = self._collection(conn, collection)
                 problem = write_problem(write, dim=dim, collection=collection)
                 if problem is not None:
@@ -160,8 +162,8 @@ class PgvectorStore:
             raise refused(document.source, e) from e
         return doc_id
 
-    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite]
-                        ) -> list[str | RagError]:
+    def write_documents(self, *, collection: str, documents: Sequence[DocumentWrite],
+                        vectors: tuple[str, str] | None = None) -> list[str | RagError]:
         """Write many documents in one transaction, or one by one when that fails.
 
         One transaction with one ``COPY`` for all chunks and one for all postings is
@@ -187,21 +189,35 @@ class PgvectorStore:
         writes = sorted(latest.items(), key=lambda item: item[0])
         try:
             with self._db.pool.connection() as conn, conn.transaction():
+                self._lock_for_writing(conn, collection, vectors)
                 write_rows(conn, collection_id=cid, dim=dim, writes=writes)
+        except ConfigError as e:  # these vectors may not be written into the collection
+            return [r if isinstance(r, RagError) else e for r in results]
         except psycopg.Error as e:
             log.info("writing %d documents together failed (%s); writing them one by one",
                      len(writes), first_line(e))
-            return [self._write_alone(collection, write, result)
+            return [self._write_alone(collection, write, result, vectors)
                     for write, result in zip(documents, results, strict=True)]
         return results
 
-    def _write_alone(self, collection: str, write: DocumentWrite,
-                     result: str | RagError) -> str | RagError:
+    def _lock_for_writing(self, conn: psycopg.Connection[Any], collection: str,
+                          vectors: tuple[str, str] | None) -> None:
+        """Lock the collection's row for share and refuse ``vectors`` it may not take."""
+        if vectors is None:
+            return
+        state = read_state(conn, tenant=self.tenant, name=collection, lock="share")
+        problem = write_refusal(state, name=collection, backend=vectors[0], precision=vectors[1])
+        if problem is not None:
+            raise problem
+
+    def _write_alone(self, collection: str, write: DocumentWrite, result: str | RagError,
+                     vectors: tuple[str, str] | None) -> str | RagError:
         if isinstance(result, RagError):
             return result
         try:
             return self.write_document(collection=collection, document=write.document,
-                                       chunks=write.chunks, embeddings=write.embeddings)
+                                       chunks=write.chunks, embeddings=write.embeddings,
+                                       vectors=vectors)
         except RagError as e:
             return e
 
@@ -436,7 +452,8 @@ class PgvectorStore:
             rows = conn.execute(q.stats(visible=visible), {"tenant": self.tenant, **params}).fetchall()
         return [
             CollectionStats(name=r[0], embed_model=r[1], embed_dim=r[2], documents=int(r[3]),
-                            chunks=int(r[4]))
+                            chunks=int(r[4]), embed_backend=r[5], embed_precision=r[6],
+                            reembed_precision=r[7])
             for r in rows
         ]
 
@@ -516,6 +533,19 @@ class PgvectorStore:
             rows = conn.execute(q.CHUNK_CONTEXT, {"id": chunk_id, "window": window}).fetchall()
         return document, [Chunk(*r) for r in rows]
 
+    def list_chunks(self, doc_id: str, *, where: SearchFilter | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[DocumentInfo, list[Chunk]]:
+        """A document ``where`` allows and one page of its chunks, in reading order.
+
+        Raises:
+            NotFoundError: no such document in this tenant, or the caller may not see it.
+        """
+        document = self.get_document(doc_id, where=where)
+        with self._db.pool.connection() as conn:
+            rows = conn.execute(q.DOCUMENT_CHUNKS, {"id": doc_id, "limit": limit,
+                                                    "offset": offset}).fetchall()
+        return document, [Chunk(*r) for r in rows]
+
     def delete_document_by_id(self, doc_id: str) -> bool:
         """Delete a document of this tenant and its chunks; returns whether it existed."""
         with self._db.pool.connection() as conn:
@@ -534,29 +564,6 @@ class PgvectorStore:
         return int(row[0]), str(row[1]), int(row[2])
 
 
-def reindex_collection(db: Database, *, tenant: str, name: str) -> tuple[list[str], int]:
-    """Rebuild a collection's vector (HNSW) index from its rows in PostgreSQL, then ANALYZE.
-
-    A graph that has seen many deletes and updates searches worse than one built afresh;
-    ``REINDEX CONCURRENTLY`` rebuilds it while searches and writes go on.
-
-    Returns:
-        The names of the indexes rebuilt and the chunks they cover.
-
-    Raises:
-        NotFoundError: the tenant has no collection of that name.
-    """
-    with db.pool.connection() as conn:
-        collection_id = PgvectorStore(db, tenant=tenant)._collection(conn, name)[0]
-        conn.commit()  # the lookup's transaction ends before the connection goes back
-    # REINDEX CONCURRENTLY cannot run in a transaction block, so on a connection of its own.
-    with psycopg.connect(db.conninfo, autocommit=True) as conn:
-        conn.execute(q.reindex_binary_index(collection_id=collection_id))
-        conn.execute("ANALYZE chunks")
-        row = conn.execute(q.COUNT_COLLECTION_CHUNKS, {"collection_id": collection_id}).fetchone()
-    return [q.binary_index_name(collection_id)], int(row[0]) if row else 0
-
-
 def _scored(row: tuple[Any, ...], *, stage: str) -> ScoredChunk:
     chunk = Chunk(id=row[0], document_id=row[1], ordinal=row[2], text=row[3], heading=row[4],
                   page=row[5], token_count=row[6])
@@ -571,25 +578,6 @@ def _in_order(rows: Sequence[tuple[Any, ...]], *, scores: Sequence[tuple[str, fl
     are skipped."""
     found = {row[0]: row for row in rows}
     return [_scored((*found[c][:9], s), stage=stage) for c, s in scores if c in found]
-
-
-def vectors_compatible(stored: str, precision: str) -> bool:
-    """Whether vectors of precision ``precision`` can be searched against ``stored`` ones.
-
-    float32 and bfloat16 vectors (either backend) agree to a cosine similarity
-    above 0.9999 and mix freely; int8 ones (ONNX with quantized weights) agree
-    with them only to about 0.994, so they mix only with each other.
-    """
-    return (stored == "int8") == (precision == "int8")
-
-
-def query_compatible(stored: str, precision: str) -> bool:
-    """Whether queries embedded in ``precision`` can search ``stored`` vectors: as
-    :func:`vectors_compatible`, and float queries over int8 documents, where they rank
-    better than int8 queries (docs/BENCHMARKS.md)."""
-    return vectors_compatible(stored, precision) or precision != "int8"
-
-
 
 
 def _document_info(row: tuple[Any, ...]) -> DocumentInfo:

@@ -12,6 +12,7 @@ from pgvector import Bit, HalfVector
 
 from verity.backends.quantize import quantize_binary
 from verity.backends.stores import pgvector_sql as q
+from verity.backends.stores.document_files import write_files
 from verity.core.errors import ConfigError, StoreError
 from verity.core.lexical import term_frequencies
 from verity.core.protocols import DocumentWrite
@@ -32,7 +33,8 @@ def write_problem(write: DocumentWrite, *, dim: int, collection: str) -> ConfigE
 
 def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
                 writes: Sequence[tuple[str, DocumentWrite]]) -> None:
-    """Upsert documents and replace their chunks and postings, in the caller's transaction.
+    """Upsert documents and replace their chunks, postings and kept files, in the caller's
+    transaction.
 
     The upserts lock the documents' rows first, so two writers of one document
     serialise instead of interleaving their chunks.
@@ -47,12 +49,13 @@ def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
             "acl_groups": list(w.document.acl_groups), "chunk_count": len(w.chunks),
         } for doc_id, w in writes])
         cur.execute(q.DELETE_CHUNKS_OF_DOCUMENTS, {"ids": [doc_id for doc_id, _ in writes]})
+        write_files(cur, writes)
         terms = [[term_frequencies(lexical_text(c, title=w.document.title)) for c in w.chunks]
                  for _, w in writes]
         with cur.copy(q.COPY_CHUNKS) as copy:
             copy.set_types(q.COPY_CHUNK_TYPES)
             for (doc_id, w), counts in zip(writes, terms, strict=True):
-                codes = _bit_codes(w.embeddings, dim=dim)
+                codes = bit_codes(w.embeddings, dim=dim)
                 for chunk, tf, vector, code in zip(w.chunks, counts, w.embeddings, codes,
                                                    strict=True):
                     copy.write_row((chunk.id, doc_id, collection_id, chunk.ordinal, chunk.text,
@@ -66,7 +69,7 @@ def write_rows(conn: psycopg.Connection[Any], *, collection_id: int, dim: int,
                     copy.write_row((chunk.id, collection_id, ordered, [tf[t] for t in ordered]))
 
 
-def _bit_codes(embeddings: np.ndarray, *, dim: int) -> list[Bit]:
+def bit_codes(embeddings: np.ndarray, *, dim: int) -> list[Bit]:
     """The sign-bit codes of ``embeddings`` as pgvector values."""
     if not len(embeddings):
         return []
