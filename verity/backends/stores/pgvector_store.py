@@ -55,7 +55,7 @@ class PgvectorStore:
     """
 
     exact_scan_chunks = 20_000
-    """binary-rescore scans exactly when a filter leaves at most this many chunks visible."""
+    """binary-rescore scans exactly when at most this many chunks are visible to the query."""
 
     def __init__(self, db: Database, *, tenant: str = "default",
                  lexical: LexicalIndexes | None = None) -> None:
@@ -231,7 +231,7 @@ class PgvectorStore:
         chunks, so no search loses it; searches during the load scan instead. Building
         it (``CREATE INDEX``) holds back other writes to the chunks table meanwhile,
         but not reads. Should the process die mid-load, the next ``ensure_collection``
-        builds the index.
+        builds the index. The tables are analysed after a first load.
 
         Raises:
             NotFoundError: no such collection.
@@ -250,6 +250,10 @@ class PgvectorStore:
                 with self._db.pool.connection() as conn, conn.transaction():
                     conn.execute(q.SET_INDEX_BUILD_MEMORY)
                     conn.execute(q.create_binary_index(collection_id=cid, dim=dim))
+                with self._db.pool.connection() as conn:
+                    # Fresh statistics, so that the planner's estimate of the visible chunks
+                    # (graph walk or exact scan) counts the new collection's rows.
+                    conn.execute("ANALYZE chunks, documents")
 
     def delete_document(self, *, collection: str, source: str) -> bool:
         with self._db.pool.connection() as conn:
@@ -275,10 +279,12 @@ class PgvectorStore:
         ``mode`` is ``float`` (exact search over the ``halfvec`` vectors), ``binary``
         (Hamming distance over the bit codes through the HNSW index, scored by the
         cosine that distance implies, no rescoring) or ``binary-rescore`` (the ``top_k x
-        oversample`` nearest codes, rescored with their ``halfvec`` vectors). When a
-        filter leaves at most :attr:`exact_scan_chunks` chunks visible, ``binary-rescore``
-        scans those exactly instead: walking the graph for the few visible codes costs
-        more than scoring them all, and finds fewer of the true nearest.
+        oversample`` nearest codes, rescored with their ``halfvec`` vectors). When at
+        most :attr:`exact_scan_chunks` chunks are visible (the collection, or what a filter
+        leaves of it), ``binary-rescore`` scans those exactly instead: walking the graph for
+        few codes costs about what scoring them all does, finds fewer of the true nearest
+        under a filter, and a small graph with many identical codes (a repeated chunk) can
+        leave the walk stuck among them.
 
         Raises:
             NotFoundError: no such collection.
@@ -323,13 +329,11 @@ class PgvectorStore:
 
     def _few_visible(self, conn: psycopg.Connection[Any], where: SearchFilter | None,
                      params: dict[str, Any]) -> bool:
-        """Whether ``where`` leaves at most :attr:`exact_scan_chunks` chunks visible.
+        """Whether at most :attr:`exact_scan_chunks` chunks are visible under ``where``.
 
         By the planner's estimate: planning costs a fraction of a millisecond, while
         counting up to the bound cost 20 to 30 ms at 100,000 chunks.
         """
-        if where is None or (where.groups is None and not where.conditions):
-            return False
         visible, _ = compile_filter(where)
         row = conn.execute(q.estimate_visible_chunks(visible=visible), params).fetchone()
         return row is not None and float(row[0][0]["Plan"]["Plan Rows"]) <= self.exact_scan_chunks

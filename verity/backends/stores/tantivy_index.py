@@ -2,8 +2,9 @@
 
 Each tenant's collection has a directory ``lexical/<tenant>/<collection>/`` under the
 data directory holding one tantivy index of its chunks: chunk id, document id, ACL
-groups and the chunk's terms from :func:`verity.core.lexical.analyze` (joined by spaces
-and split on whitespace, so tantivy scores our analysis, not its own). Tantivy finds
+groups and the chunk's terms from :func:`verity.core.lexical.analyze`, read from the chunk's
+postings row in PostgreSQL (joined by spaces and split on whitespace, so tantivy scores our
+analysis, not its own). Tantivy finds
 the top k with block-max pruning, so a query costs what its terms' postings cost, not
 what the collection holds.
 
@@ -42,8 +43,6 @@ import tantivy
 
 from verity.backends.stores.database import Database, first_line
 from verity.core.errors import NotFoundError, StoreError
-from verity.core.lexical import analyze
-from verity.core.types import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +65,12 @@ KEEP_CHANGES_S = 7 * 24 * 3600.0
 _PRUNE_EVERY_S = 3600.0
 """How long outbox rows are kept: an index that has applied nothing for longer is rebuilt."""
 
+# A chunk's terms come analysed already, from its postings row (written with the chunk by
+# the same analysis), so building or catching up costs no text analysis here.
 _CHUNK_ROWS = """
-SELECT k.id, k.document_id, d.acl_groups, d.title, k.heading, k.text
+SELECT k.id, k.document_id, d.acl_groups, coalesce(p.terms, '{}'), coalesce(p.tfs, '{}')
 FROM chunks k JOIN documents d ON d.id = k.document_id
+LEFT JOIN chunk_postings p ON p.chunk_id = k.id
 WHERE k.collection_id = %(collection_id)s
 """
 _CHANGED_DOCUMENTS = """
@@ -129,14 +131,12 @@ def _hits(searcher: tantivy.Searcher, hits: Sequence[tuple[float, Any]], *, top_
 
 
 def _chunk_document(row: Sequence[Any]) -> tantivy.Document:
-    # Imported here: pgvector_store imports this module for its search path.
-    from verity.backends.stores.pgvector_store import lexical_text
-
-    chunk_id, doc_id, groups, title, heading, text = row
-    chunk = Chunk(id=chunk_id, document_id=doc_id, ordinal=0, text=text, heading=heading)
+    chunk_id, doc_id, groups, terms, counts = row
+    # Each term as often as it occurs: the body's length and every term frequency are the
+    # analysis's, and BM25 needs nothing else (no positions).
+    body = " ".join(" ".join([term] * count) for term, count in zip(terms, counts, strict=True))
     return tantivy.Document(kind="chunk", chunk_id=chunk_id, document_id=doc_id,
-                            acl=acl_terms(groups),
-                            body=" ".join(analyze(lexical_text(chunk, title=title))))
+                            acl=acl_terms(groups), body=body)
 
 
 @dataclass(frozen=True)
