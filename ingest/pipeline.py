@@ -27,7 +27,7 @@ from ingest.attributes import DocumentAttributes, apply_attributes, is_sidecar
 from ingest.loaders import LOADERS, load_file
 from ingest.splitter import TokenSplitter, embedding_text
 from verity.backends.embedders import LocalEmbedder
-from verity.core.errors import LoaderError, RagError
+from verity.core.errors import LoaderError, RagError, StoreUnavailable
 from verity.core.protocols import DocumentWrite, Store
 from verity.core.settings import ChunkingSettings
 from verity.core.types import Chunk, Document, document_id
@@ -193,6 +193,8 @@ class IngestPipeline:
             LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
                 say); the batches embedded before it stay written.
             EmbedderError: embedding failed; the batches embedded before it stay written.
+            StoreUnavailable: the database went away; the batches written before it stay
+                written, and running the same ingestion again resumes.
         """
         started = time.perf_counter()
         report = report or IngestReport(collection=collection)
@@ -287,6 +289,8 @@ class IngestPipeline:
             writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
             try:
                 results = self.store.write_documents(collection=collection, documents=writes)
+            except StoreUnavailable:
+                raise  # an outage, not a fault of these documents: the run stops, to be resumed
             except RagError as e:
                 results = [e] * len(writes)
             for (p, _), result in zip(batch, results, strict=True):
