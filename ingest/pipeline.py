@@ -290,10 +290,11 @@ class IngestPipeline:
             writes = [DocumentWrite(p.document, p.chunks, vectors) for p, vectors in batch]
             try:
                 results = self.store.write_documents(collection=collection, documents=writes)
-            except StoreUnavailable:
-                raise  # an outage, not a fault of these documents: the run stops, to be resumed
             except RagError as e:
                 results = [e] * len(writes)
+            outage = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+            if outage is not None:  # no fault of these documents: the run stops, to be resumed
+                raise outage
             for (p, _), result in zip(batch, results, strict=True):
                 if isinstance(result, RagError):
                     report.failed.append((p.document.source, str(result)))

@@ -22,13 +22,7 @@ from verity.backends.stores.database import Database, first_line
 from verity.backends.stores.filters import compile_filter
 from verity.backends.stores.pgvector_write import lexical_text as lexical_text
 from verity.backends.stores.pgvector_write import refused, write_problem, write_rows
-from verity.core.errors import (
-    ConfigError,
-    ConflictError,
-    NotFoundError,
-    RagError,
-    StoreUnavailable,
-)
+from verity.core.errors import ConfigError, ConflictError, NotFoundError, RagError
 from verity.core.lexical import BM25_B, BM25_K1, analyze, term_frequencies
 from verity.core.protocols import DocumentWrite
 from verity.core.types import (
@@ -174,7 +168,7 @@ class PgvectorStore:
         all-or-nothing for the batch, so each document in it is atomic too. When the
         database refuses it (a bad row), every document is written again in its own
         transaction, so only those at fault fail. An unreachable database raises
-        ``StoreUnavailable`` as every call does, never a per-document failure.
+        ``StoreError`` as every call does.
 
         Raises:
             NotFoundError: no such collection.
@@ -208,8 +202,6 @@ class PgvectorStore:
         try:
             return self.write_document(collection=collection, document=write.document,
                                        chunks=write.chunks, embeddings=write.embeddings)
-        except StoreUnavailable:
-            raise  # the database went away: no document is at fault
         except RagError as e:
             return e
 
