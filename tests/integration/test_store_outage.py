@@ -51,7 +51,7 @@ from verity.core.settings import (
 )
 from verity.core.types import UploadedFile
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NOTES = {f"note-{i}.md": f"Note {i}: the {w} shelf holds the {w} binders of team {i}."
          for i, w in enumerate(["red", "blue", "green", "grey", "white", "black"])}
