@@ -388,6 +388,13 @@ LOADERS: dict[str, Loader] = {
 }
 
 
+def printable_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (which Python keeps as lone surrogates,
+    and PostgreSQL, JSON and logs cannot carry) are written as ``\\xNN`` escapes, so
+    ``caf\\xe9.md`` names the Latin-1 file ``café.md``, the same one on every run."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def load_file(
     path: Path, *, source: str, max_bytes: int, fingerprint: str = ""
 ) -> Document:
@@ -417,7 +424,7 @@ def load_file(
     if not data.strip():
         raise LoaderError("empty file")
     attributes = read_sidecar(path) or DocumentAttributes()
-    title, sections = loader(data, path.name)
+    title, sections = loader(data, printable_name(path.name))
     sections = [s for s in sections if s.text.strip()]
     if not sections:
         raise LoaderError("no text found")

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ingest.attributes import DocumentAttributes, apply_attributes, is_sidecar
-from ingest.loaders import LOADERS, load_file
+from ingest.loaders import LOADERS, load_file, printable_name
 from ingest.splitter import TokenSplitter, embedding_text
 from verity.backends.embedders import LocalEmbedder
-from verity.core.errors import LoaderError, RagError
+from verity.core.errors import LoaderError, RagError, StoreUnavailable
 from verity.core.protocols import DocumentWrite, Store
 from verity.core.settings import ChunkingSettings
 from verity.core.types import Chunk, Document, document_id
@@ -77,8 +77,9 @@ def discover(
 
     A file's source name is its path relative to the parent of the argument it
     was found under (``docs/api.md`` for ``verity ingest ./docs``), so the name
-    does not depend on the working directory. Sidecars (``NAME.meta.json``) are
-    never documents themselves.
+    does not depend on the working directory; bytes of a name that are not UTF-8 are
+    escaped (:func:`printable_name`). Sidecars (``NAME.meta.json``) are never
+    documents themselves.
     """
     found: dict[str, SourceFile] = {}
     problems: list[tuple[str, str]] = []
@@ -89,7 +90,7 @@ def discover(
         base = root.resolve().parent
         candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in candidates:
-            source = path.resolve().relative_to(base).as_posix()
+            source = printable_name(path.resolve().relative_to(base).as_posix())
             if not _selected(source, include=include, exclude=exclude, explicit=path == root):
                 continue
             found.setdefault(source, SourceFile(path, source))
@@ -193,6 +194,8 @@ class IngestPipeline:
             LoaderError: raised by ``documents`` itself (a malformed BEIR corpus,
                 say); the batches embedded before it stay written.
             EmbedderError: embedding failed; the batches embedded before it stay written.
+            StoreUnavailable: the database went away; the batches written before it stay
+                written, and running the same ingestion again resumes.
         """
         started = time.perf_counter()
         report = report or IngestReport(collection=collection)
@@ -294,6 +297,9 @@ class IngestPipeline:
                     vectors=(self.embedder.settings.backend, self.embedder.precision))
             except RagError as e:
                 results = [e] * len(writes)
+            outage = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+            if outage is not None:  # no fault of these documents: the run stops, to be resumed
+                raise outage
             for (p, _), result in zip(batch, results, strict=True):
                 if isinstance(result, RagError):
                     report.failed.append((p.document.source, str(result)))

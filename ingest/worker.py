@@ -8,7 +8,8 @@ written to a temporary directory and loaded like files on disk, with the
 upload's file name as the document's source and the job's groups and metadata
 on every document. A file that cannot be read becomes a per-file failure;
 only a problem with the whole job (such as a collection built with another
-embedder) fails it.
+embedder) fails it. A database outage fails nothing: the job goes back to the
+queue as soon as the database answers again, and runs again.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from ingest.loaders import load_file
 from ingest.pipeline import IngestPipeline, IngestReport
@@ -31,11 +33,12 @@ from verity.backends.embedders import LocalEmbedder
 from verity.backends.stores.database import Database
 from verity.backends.stores.factory import build_store
 from verity.backends.stores.jobs import JobQueue
-from verity.core.errors import LoaderError, RagError
+from verity.core.errors import LoaderError, RagError, StoreUnavailable
 from verity.core.settings import ChunkingSettings, WorkerSettings
 from verity.core.types import Document, FileFailure, Job, JobProgress, UploadedFile
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOTHING_INGESTED = "no file could be ingested; see the failures of each file"
 INTERNAL_ERROR = "internal error while ingesting; the worker's log has the details"
@@ -76,7 +79,7 @@ class IngestWorker:
 
         Returns:
             The job as it ended, or None when no job was queued (or it went back
-            to the queue because the worker is stopping).
+            to the queue because the worker is stopping or the database went away).
         """
         job = self.queue.claim(worker=self.name)
         return None if job is None else self.run(job)
@@ -101,6 +104,12 @@ class IngestWorker:
         except JobLost:
             log.info("job %s: cancelled or given to another worker; stopped", job.id)
             return self.queue.get(job.id, tenant=job.tenant)
+        except StoreUnavailable as e:
+            # An outage is no fault of the files: the job runs again once the database is
+            # back, and what was written before it is found unchanged.
+            log.warning("job %s: %s; it goes back to the queue", job.id, e)
+            self._until_back(lambda: self.queue.release(job))
+            return None
         except RagError as e:
             return self._end(job, IngestReport(collection=job.collection), error=str(e))
         except Exception:
@@ -240,8 +249,23 @@ class IngestWorker:
         finally:
             path.unlink(missing_ok=True)
 
+    def _until_back(self, action: Callable[[], T]) -> T | None:
+        """``action()``, tried again every poll interval while the database is unavailable.
+
+        Returns:
+            What it returned, or None if the worker was stopped first (a job it held is
+            then requeued once stale).
+        """
+        while True:
+            try:
+                return action()
+            except StoreUnavailable as e:
+                log.warning("ingestion worker: %s; trying again", e)
+                if self._stop.wait(self.settings.poll_interval_s):
+                    return None
+
     def _end(self, job: Job, report: IngestReport, *, error: str | None) -> Job | None:
-        ended = self.queue.end(job, _progress(report), error=error)
+        ended = self._until_back(lambda: self.queue.end(job, _progress(report), error=error))
         if ended is None:
             log.warning("job %s was given to another worker meanwhile; result dropped", job.id)
         else:

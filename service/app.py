@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit, ModelQueue, RateLimiter
 from service.metrics import Metrics
+from service.openapi_schema import serve_schema
 from service.routes import (
     collections,
     documents,
@@ -112,4 +113,5 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
     if settings.server.otel:
         instrument_otel(app)
+    serve_schema(app, embedder_model=settings.embedder.model)
     return app

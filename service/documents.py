@@ -29,6 +29,7 @@ from service.protocol import (
     ReembedAccepted,
     ReindexResponse,
     UploadAccepted,
+    unstorable,
 )
 from verity.answering.runtime import Runtime
 from verity.backends.embedders import LocalEmbedder
@@ -72,7 +73,8 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     """A JSON object of metadata given to every uploaded document.
 
     Raises:
-        RequestValidationError: not a JSON object, or a key not 1-100 characters (422).
+        RequestValidationError: not a JSON object (or null), a key not 1-100 characters, or
+            a value PostgreSQL cannot store: NUL characters, NaN or infinities (422).
     """
     if raw is None or not raw.strip():
         return {}
@@ -80,10 +82,15 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         raise invalid("metadata", "must be a JSON object, e.g. {\"dept\": \"hr\"}") from None
+    if value is None:  # JSON's null: no metadata, as when the field is left out
+        return {}
     if not isinstance(value, dict):
         raise invalid("metadata", "must be a JSON object, e.g. {\"dept\": \"hr\"}")
     if any(not key or len(key) > 100 for key in value):
         raise invalid("metadata", "keys are 1-100 characters")
+    problem = unstorable(value)
+    if problem:
+        raise invalid("metadata", f"cannot hold {problem}")
     return value
 
 

@@ -46,7 +46,7 @@ RangeOperand = (Annotated[StrictStr, StringConstraints(pattern=_NO_NUL)] | Stric
                 | Annotated[StrictFloat, AllowInfNan(False)])
 
 
-def _unstorable(value: Any) -> str | None:
+def unstorable(value: Any) -> str | None:
     """What in a JSON value jsonb cannot hold (NUL characters, NaN, infinities), if anything."""
     if isinstance(value, str):
         return "NUL (\\u0000) characters" if "\x00" in value else None
@@ -55,7 +55,7 @@ def _unstorable(value: Any) -> str | None:
     items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
     if not isinstance(items, list):
         return None
-    return next((problem for problem in map(_unstorable, items) if problem), None)
+    return next((problem for problem in map(unstorable, items) if problem), None)
 
 
 def _json_integer(value: Any) -> Any:
@@ -156,7 +156,7 @@ class RetrievalOptions(_Request):
         """Clear messages for the usual mistakes; the types above then check the rest."""
         if not isinstance(value, dict):
             return value
-        if problem := _unstorable(value):
+        if problem := unstorable(value):
             raise ValueError(f"filter keys and values cannot contain {problem}")
         for key, cond in value.items():
             if not key or len(key) > 100:

