@@ -7,9 +7,20 @@ no chunk is silently truncated by the model.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from verity.core.types import Chunk, Document, chunk_id
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates (which no tokenizer or database accepts) as U+FFFD.
+
+    Loaders decode with replacement, so only text built in code can hold them.
+    """
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class TokenSplitter:
@@ -35,7 +46,7 @@ class TokenSplitter:
     def split(self, document: Document, *, doc_id: str) -> list[Chunk]:
         chunks: list[Chunk] = []
         for section in document.sections:
-            for piece in self._splitter.split_text(section.text):
+            for piece in self._splitter.split_text(valid_text(section.text)):
                 text = piece.strip()
                 if not text:
                     continue

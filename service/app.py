@@ -54,6 +54,19 @@ def model_queue(settings: Settings) -> ModelQueue:
     return ModelQueue(slots=slots, depth=settings.llm.queue_depth, wait_s=settings.llm.timeout_s)
 
 
+def _metrics(app: FastAPI) -> Metrics:
+    """The app's metrics, reading the job queue and the lexical indexes' lag when scraped."""
+
+    def job_counts() -> Mapping[str, int]:
+        return JobQueue(app.state.runtime.db).counts()
+
+    def lexical_lag() -> Mapping[str, Lag | None]:
+        lexical = app.state.runtime.lexical
+        return {} if lexical is None else lexical.lag()
+
+    return Metrics(job_counts=job_counts, lexical_lag=lexical_lag)
+
+
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
                reports: ReportArchive | None = None) -> FastAPI:
     """Build the app.
@@ -90,15 +103,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         lifespan=lifespan,
     )
     install_error_handlers(app)
-
-    def job_counts() -> Mapping[str, int]:
-        return JobQueue(app.state.runtime.db).counts()
-
-    def lexical_lag() -> Mapping[str, Lag | None]:
-        lexical = app.state.runtime.lexical
-        return {} if lexical is None else lexical.lag()
-
-    app.state.metrics = Metrics(job_counts=job_counts, lexical_lag=lexical_lag)
+    app.state.metrics = _metrics(app)
     app.state.rate_limiter = RateLimiter(per_minute=settings.server.rate_limit_per_minute)
     app.state.model_queue = model_queue(settings)
     app.state.reports = reports

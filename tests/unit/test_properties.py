@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -121,10 +121,11 @@ def _tokenizer() -> Any:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example("a \ud800 b", 16)  # a lone surrogate, which the tokenizer refuses
 @given(st.lists(TEXT | st.sampled_from(["\n\n", ". ", "word " * 40]), max_size=12).map("".join),
        st.integers(16, 64))
 def test_chunks_fit_the_token_budget_and_come_from_the_text(text: str, budget: int) -> None:
-    from ingest.splitter import TokenSplitter
+    from ingest.splitter import TokenSplitter, valid_text
 
     tokenizer = _tokenizer()
     splitter = TokenSplitter(tokenizer, chunk_tokens=budget, overlap_tokens=budget // 4)
@@ -134,5 +135,14 @@ def test_chunks_fit_the_token_budget_and_come_from_the_text(text: str, budget: i
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     for chunk in chunks:
         assert chunk.text and chunk.text == chunk.text.strip()
-        assert chunk.text in text
+        assert chunk.text in valid_text(text)
         assert chunk.token_count <= budget
+
+
+def test_a_lone_surrogate_is_split_as_a_replacement_character() -> None:
+    from ingest.splitter import TokenSplitter
+
+    splitter = TokenSplitter(_tokenizer(), chunk_tokens=32, overlap_tokens=8)
+    chunks = splitter.split(Document(source="s", title="t", content_hash="h",
+                                     sections=(Section("broken \ud800 text"),)), doc_id="d")
+    assert [c.text for c in chunks] == ["broken \ufffd text"]
