@@ -39,7 +39,8 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
 
 
 def test_query_streams_tokens_then_citations_and_trace(client: TestClient, docs: str) -> None:
-    body = {"question": "Which environment variable sets the database URL?", "collection": docs,
+    body = {"question": "Which environment variable sets the PostgreSQL connection URL (DSN)?",
+            "collection": docs,
             "stream": True}
     with client.stream("POST", "/v1/query", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
