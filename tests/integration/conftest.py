@@ -1,4 +1,4 @@
-"""Fixtures shared by the browser tests."""
+"""Fixtures shared by the integration tests: a browser, and a database a test may stop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from verity.backends.stores.database import Database
+from verity.core.settings import StoreSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -30,6 +33,15 @@ def browser_page() -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture
+def own_database(tmp_path: Path) -> Iterator[Database]:
+    """An embedded server of this test's own, which it may stop without hurting other tests."""
+    db = Database(StoreSettings(pool_timeout_s=2.0, connect_timeout_s=2.0),
+                  data_dir=tmp_path).open()
+    yield db
+    db.close()
 
 
 AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"

@@ -159,15 +159,6 @@ def _load(url: str, body: dict[str, object], *, clients: int) -> Iterator[Load]:
             t.join(30)
 
 
-@pytest.fixture
-def own_database(tmp_path: Path) -> Iterator[Database]:
-    """An embedded server of this test's own, which it may stop without hurting other tests."""
-    db = Database(StoreSettings(pool_timeout_s=2.0, connect_timeout_s=2.0),
-                  data_dir=tmp_path).open()
-    yield db
-    db.close()
-
-
 def test_postgres_restarted_under_load_gives_503s_with_retry_after_then_recovers(
     own_database: Database, embedder: SentenceTransformerEmbedder, tmp_path: Path
 ) -> None:

@@ -46,7 +46,6 @@ from verity.core.settings import (
     ChunkingSettings,
     EmbedderSettings,
     LLMSettings,
-    StoreSettings,
     WorkerSettings,
 )
 from verity.core.types import UploadedFile
@@ -173,15 +172,6 @@ def _mixed_load(url: str, *, clients: int) -> Iterator[MixedLoad]:
         load.stop.set()
         for t in threads:
             t.join(60)
-
-
-@pytest.fixture
-def own_database(tmp_path: Path) -> Iterator[Database]:
-    """An embedded server of this test's own, which it may stop without hurting other tests."""
-    db = Database(StoreSettings(pool_timeout_s=2.0, connect_timeout_s=2.0),
-                  data_dir=tmp_path).open()
-    yield db
-    db.close()
 
 
 @pytest.fixture
