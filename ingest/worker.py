@@ -97,13 +97,8 @@ class IngestWorker:
                  job.collection)
         try:
             report = self._execute(job)
-        except WorkerStopping:
-            self.queue.release(job)
-            log.info("job %s: back in the queue, the worker is stopping", job.id)
-            return None
-        except JobLost:
-            log.info("job %s: cancelled or given to another worker; stopped", job.id)
-            return self.queue.get(job.id, tenant=job.tenant)
+        except (WorkerStopping, JobLost) as e:
+            return self._interrupted(job, e)
         except StoreUnavailable as e:
             # An outage is no fault of the files: the job runs again once the database is
             # back, and what was written before it is found unchanged.
@@ -117,6 +112,16 @@ class IngestWorker:
             return self._end(job, IngestReport(collection=job.collection), error=INTERNAL_ERROR)
         ingested = len(report.added) + len(report.updated) + len(report.unchanged)
         return self._end(job, report, error=None if ingested else NOTHING_INGESTED)
+
+    def _interrupted(self, job: Job, e: WorkerStopping | JobLost) -> Job | None:
+        """A job stopped by this worker's shutdown (back in the queue: None) or taken from it
+        (cancelled, or given to another worker: the job as it is now)."""
+        if isinstance(e, WorkerStopping):
+            self.queue.release(job)
+            log.info("job %s: back in the queue, the worker is stopping", job.id)
+            return None
+        log.info("job %s: cancelled or given to another worker; stopped", job.id)
+        return self.queue.get(job.id, tenant=job.tenant)
 
     def _run_reembed(self, job: Job) -> Job | None:
         log.info("job %s: re-embedding %s/%s", job.id, job.tenant, job.collection)
@@ -143,13 +148,8 @@ class IngestWorker:
                 tenant=job.tenant, collection=job.collection, progress=progress)
             done = report.total
             self.queue.report_chunks(job, done=done, total=done)
-        except WorkerStopping:
-            self.queue.release(job)
-            log.info("job %s: back in the queue, the worker is stopping", job.id)
-            return None
-        except JobLost:
-            log.info("job %s: cancelled or given to another worker; stopped", job.id)
-            return self.queue.get(job.id, tenant=job.tenant)
+        except (WorkerStopping, JobLost) as e:
+            return self._interrupted(job, e)
         except RagError as e:
             error = str(e)
         except Exception:
