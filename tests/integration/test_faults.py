@@ -93,6 +93,9 @@ def test_model_server_killed_mid_stream_is_restarted_and_answers_resume(
         question = {"question": "Which shelf holds the blue binders?", "collection": collection,
                     "crag": False}
         with TestClient(create_app(settings, runtime=runtime)) as client:
+            # The answer of a fresh server (nothing cached), to compare with the restarted one.
+            before = client.post("/v1/query", json=question).json()
+            assert before["status"] in ("answered", "abstained"), before
             with client.stream("POST", "/v1/query", json={**question, "stream": True}) as r:
                 assert r.status_code == 200
                 seen = []
@@ -109,8 +112,11 @@ def test_model_server_killed_mid_stream_is_restarted_and_answers_resume(
             assert client.get("/healthz").status_code == 200
             _wait_healthy(inner, server, within_s=180)
             after = client.post("/v1/query", json=question).json()
-    assert after["status"] == "answered", after
-    assert "note-1.md" in {c["document"] for c in after["citations"]}
+    # The restarted server answers as the fresh one did. (Which answer that is depends on the
+    # CPU's arithmetic: one CI machine's greedy decoding abstained on six near-identical notes.)
+    assert (after["status"], after["answer"]) == (before["status"], before["answer"]), after
+    if after["status"] == "answered":
+        assert "note-1.md" in {c["document"] for c in after["citations"]}
 
 
 # --- PostgreSQL stopped and started again under load -------------------------------------
