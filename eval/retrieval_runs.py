@@ -174,8 +174,8 @@ def evaluate_in_process(runtime: Runtime, data: BeirDataset, collection: str,
 
 
 def _wait_lexical_index(runtime: Runtime, collection: str) -> None:
-    """Wait until the tantivy index holds every chunk ingested, so that no query of the run is
-    answered by PostgreSQL's fallback instead.
+    """Wait until the tantivy and dense indexes hold every chunk ingested, so that no query of
+    the run is answered by PostgreSQL's fallback instead.
 
     Raises:
         RagError: the index was not ready within ten minutes.
@@ -183,6 +183,9 @@ def _wait_lexical_index(runtime: Runtime, collection: str) -> None:
     if runtime.lexical is not None and not runtime.lexical.wait_collection(
             tenant=runtime.store.tenant, collection=collection):
         raise RagError(f"the lexical index of {collection!r} was not ready within 10 minutes")
+    if runtime.dense is not None and not runtime.dense.wait_collection(
+            tenant=runtime.store.tenant, collection=collection):
+        raise RagError(f"the dense index of {collection!r} was not ready within 10 minutes")
 
 
 def _groups(configs: Sequence[EvalConfig], *, depth: int,

@@ -28,7 +28,7 @@ from service.routes import (
 from service.telemetry import RequestTelemetry, instrument_otel
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores.jobs import JobQueue
-from verity.backends.stores.tantivy_index import Lag
+from verity.backends.stores.outbox import Lag
 from verity.core.reports import ReportArchive
 from verity.core.settings import Settings
 
@@ -55,7 +55,7 @@ def model_queue(settings: Settings) -> ModelQueue:
 
 
 def _metrics(app: FastAPI) -> Metrics:
-    """The app's metrics, reading the job queue and the lexical indexes' lag when scraped."""
+    """The app's metrics, reading the job queue and the indexes' lag when scraped."""
 
     def job_counts() -> Mapping[str, int]:
         return JobQueue(app.state.runtime.db).counts()
@@ -64,7 +64,11 @@ def _metrics(app: FastAPI) -> Metrics:
         lexical = app.state.runtime.lexical
         return {} if lexical is None else lexical.lag()
 
-    return Metrics(job_counts=job_counts, lexical_lag=lexical_lag)
+    def dense_lag() -> Mapping[str, Lag | None]:
+        dense = app.state.runtime.dense
+        return {} if dense is None else dense.lag()
+
+    return Metrics(job_counts=job_counts, lexical_lag=lexical_lag, dense_lag=dense_lag)
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None,

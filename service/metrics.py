@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from verity.backends.stores.tantivy_index import Lag
+from verity.backends.stores.outbox import Lag
 from verity.core.types import JobStatus
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ class Metrics:
     """
 
     def __init__(self, *, job_counts: Callable[[], Mapping[str, int]] | None = None,
-                 lexical_lag: Callable[[], Mapping[str, Lag | None]] | None = None) -> None:
+                 lexical_lag: Callable[[], Mapping[str, Lag | None]] | None = None,
+                 dense_lag: Callable[[], Mapping[str, Lag | None]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("verity_http_requests", "HTTP requests by route and status",
@@ -56,7 +57,9 @@ class Metrics:
         if job_counts is not None:
             r.register(JobsCollector(job_counts))
         if lexical_lag is not None:
-            r.register(LexicalLagCollector(lexical_lag))
+            r.register(IndexLagCollector(lexical_lag, kind="lexical"))
+        if dense_lag is not None:
+            r.register(IndexLagCollector(dense_lag, kind="dense"))
 
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
@@ -115,18 +118,20 @@ class JobsCollector(Collector):
         yield gauge
 
 
-class LexicalLagCollector(Collector):
-    """How far this process's lexical indexes are behind PostgreSQL, read at scrape time.
+class IndexLagCollector(Collector):
+    """How far this process's lexical (tantivy) or dense (in-memory) indexes are behind
+    PostgreSQL, read at scrape time.
 
-    ``verity_lexical_index_lag_seconds`` is the largest lag of any index (the age of the
-    oldest change not yet applied), ``verity_lexical_index_lag_changes`` the changes not yet
-    applied in all of them, ``verity_lexical_indexes{state}`` how many are ready or still
+    ``verity_<kind>_index_lag_seconds`` is the largest lag of any index (the age of the
+    oldest change not yet applied), ``verity_<kind>_index_lag_changes`` the changes not yet
+    applied in all of them, ``verity_<kind>_indexes{state}`` how many are ready or still
     building (their searches use PostgreSQL). No series names a tenant or collection;
     ``/readyz`` lists each index.
     """
 
-    def __init__(self, lag: Callable[[], Mapping[str, Lag | None]]) -> None:
+    def __init__(self, lag: Callable[[], Mapping[str, Lag | None]], *, kind: str) -> None:
         self._lag = lag
+        self._kind = kind
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families({})
@@ -134,17 +139,17 @@ class LexicalLagCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._families(self._lag())
 
-    @staticmethod
-    def _families(lags: Mapping[str, Lag | None]) -> Iterator[Metric]:
+    def _families(self, lags: Mapping[str, Lag | None]) -> Iterator[Metric]:
+        kind = self._kind
         ready = [lag for lag in lags.values() if lag is not None]
-        yield GaugeMetricFamily("verity_lexical_index_lag_seconds",
-                                "Age of the oldest change a lexical index has not applied "
+        yield GaugeMetricFamily(f"verity_{kind}_index_lag_seconds",
+                                f"Age of the oldest change a {kind} index has not applied "
                                 "(largest over this process's indexes)",
                                 value=max((lag.seconds for lag in ready), default=0.0))
-        yield GaugeMetricFamily("verity_lexical_index_lag_changes",
-                                "Changes not yet applied to this process's lexical indexes",
+        yield GaugeMetricFamily(f"verity_{kind}_index_lag_changes",
+                                f"Changes not yet applied to this process's {kind} indexes",
                                 value=sum(lag.changes for lag in ready))
-        states = GaugeMetricFamily("verity_lexical_indexes", "Lexical indexes by state",
+        states = GaugeMetricFamily(f"verity_{kind}_indexes", f"{kind.capitalize()} indexes by state",
                                    labels=["state"])
         states.add_metric(["ready"], len(ready))
         states.add_metric(["building"], len(lags) - len(ready))

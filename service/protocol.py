@@ -526,6 +526,14 @@ class ReadyResponse(BaseModel):
     lexical_lag_changes: dict[str, int | None] = Field(
         default_factory=dict,
         description="the same indexes' changes (outbox rows) not yet applied")
+    dense_lag_s: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="with VERITY_RETRIEVAL__DENSE_INDEX=memory: for each tenant/collection dense "
+                    "index this process holds, the age in seconds of the oldest change not yet in "
+                    "it (null until it is first built, while PostgreSQL answers its searches)")
+    dense_lag_changes: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="the same indexes' changes (outbox rows) not yet applied")
 
 
 class ErrorInfo(BaseModel):

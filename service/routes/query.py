@@ -36,11 +36,16 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     checks = runtime.readiness()
     ready = all(checks.values())
     lag = runtime.lexical.lag() if runtime.lexical is not None else {}
+    dense = runtime.dense.lag() if runtime.dense is not None else {}
     body = ReadyResponse(status="ready" if ready else "not_ready", checks=checks,
                          lexical_lag_s={k: None if v is None else v.seconds
                                         for k, v in lag.items()},
                          lexical_lag_changes={k: None if v is None else v.changes
-                                              for k, v in lag.items()})
+                                              for k, v in lag.items()},
+                         dense_lag_s={k: None if v is None else v.seconds
+                                      for k, v in dense.items()},
+                         dense_lag_changes={k: None if v is None else v.changes
+                                            for k, v in dense.items()})
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

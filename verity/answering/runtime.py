@@ -14,6 +14,7 @@ from verity.backends.generators import CircuitBreaker, OpenAIChatGenerator
 from verity.backends.llama_server import LlamaCppServer
 from verity.backends.rerankers import build_reranker
 from verity.backends.stores.database import Database
+from verity.backends.stores.dense_index import DenseIndexes
 from verity.backends.stores.factory import build_store
 from verity.backends.stores.tantivy_index import LexicalIndexes
 from verity.backends.tokenizers import EstimateCounter, build_token_counter
@@ -39,11 +40,12 @@ class Runtime:
     reranker: Reranker | None = None
     token_counter: TokenCounter = field(default_factory=EstimateCounter)
     lexical: LexicalIndexes | None = None
+    dense: DenseIndexes | None = None
 
     def store_for(self, tenant: str) -> Store:
         """The store scoped to one tenant."""
         return (self.store if tenant == self.store.tenant
-                else build_store(self.db, tenant=tenant, lexical=self.lexical))
+                else build_store(self.db, tenant=tenant, lexical=self.lexical, dense=self.dense))
 
     def rag(self, *, tenant: str = "default") -> RagPipeline:
         return RagPipeline(store=self.store_for(tenant), embedder=self.embedder,
@@ -123,8 +125,10 @@ def open_runtime(settings: Settings, *, generator: bool = True,
                                       local=server is not None, data_dir=settings.data_dir)
         lexical = (stack.enter_context(LexicalIndexes(db, root=settings.data_dir / "lexical"))
                    if settings.retrieval.lexical == "tantivy" else None)
-        yield Runtime(settings=settings, db=db, store=build_store(db, lexical=lexical),
-                      embedder=embedder, lexical=lexical,
+        dense = (stack.enter_context(DenseIndexes(db))
+                 if settings.retrieval.dense_index == "memory" else None)
+        yield Runtime(settings=settings, db=db, store=build_store(db, lexical=lexical, dense=dense),
+                      embedder=embedder, lexical=lexical, dense=dense,
                       prompts=prompts, generator=gen, llm_server=server,
                       connectors=build_connectors(settings.crag.connectors), reranker=second_stage,
                       token_counter=counter)

@@ -200,6 +200,13 @@ class RetrievalSettings(BaseModel):
                     "PostgreSQL; top-k pruning, statistics per collection) or postgres (postings "
                     "table, statistics per caller, cost grows with the collection)",
     )
+    dense_index: Literal["memory", "postgres"] = Field(
+        default="memory",
+        description="binary-rescore engine: memory (each process holds every chunk's sign bits "
+                    "and float16 vector, about 820 bytes a chunk, kept fresh from PostgreSQL; a "
+                    "Hamming scan of all codes, exact rescoring, ACLs as a bitmap) or postgres "
+                    "(pgvector's bit HNSW index, an exact scan for selective filters)",
+    )
 
 
 class CragSettings(BaseModel):

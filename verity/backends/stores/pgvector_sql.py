@@ -509,6 +509,13 @@ WHERE k.id = %(id)s AND EXISTS (
     SELECT 1 FROM documents d WHERE d.id = k.document_id AND d.content_hash = %(content_hash)s)
 """
 
+# Re-embedded chunks' documents, recorded in the outbox in the same transaction, so the
+# in-memory dense indexes take the new vectors (their documents' rows are not written).
+RECORD_REEMBEDDED = """
+INSERT INTO changes (collection_id, document_id, op)
+SELECT DISTINCT collection_id, document_id, 'upsert' FROM chunks WHERE id = ANY(%(ids)s)
+"""
+
 FINISH_REEMBED = """
 UPDATE collections SET embed_backend = reembed_backend, embed_precision = reembed_precision,
        reembed_backend = NULL, reembed_precision = NULL, reembed_after = NULL,

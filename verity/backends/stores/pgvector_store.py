@@ -40,6 +40,7 @@ from verity.core.types import (
 )
 
 if TYPE_CHECKING:
+    from verity.backends.stores.dense_index import DenseIndexes
     from verity.backends.stores.tantivy_index import LexicalIndexes
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,12 @@ class PgvectorStore:
     """binary-rescore scans exactly when at most this many chunks are visible to the query."""
 
     def __init__(self, db: Database, *, tenant: str = "default",
-                 lexical: LexicalIndexes | None = None) -> None:
+                 lexical: LexicalIndexes | None = None, dense: DenseIndexes | None = None
+                 ) -> None:
         self._db = db
         self.tenant = tenant
         self._lexical = lexical
+        self._dense = dense
 
     def ensure_collection(self, name: str, *, embed_model: str, embed_dim: int,
                           embed_backend: str = "torch", embed_precision: str = "float32") -> None:
@@ -300,6 +303,13 @@ class PgvectorStore:
                     f"query embedding is {query.shape[-1]}-d; collection {collection!r} is "
                     f"{dim}-d: query with the model the collection was built with"
                 )
+            if mode == "binary-rescore" and self._dense is not None and not (
+                    where is not None and where.conditions):
+                indexed = self._search_dense_indexed(conn, collection=collection, cid=cid,
+                                                     query=query, top_k=top_k,
+                                                     oversample=oversample, where=where)
+                if indexed is not None:
+                    return indexed
             params: dict[str, Any] = {"query": HalfVector(query), "top_k": top_k,
                                       "collection_id": cid, **filter_params}
             if mode == "float":
@@ -326,6 +336,29 @@ class PgvectorStore:
                 raise ValueError(f"unknown dense mode {mode!r}; use 'float', 'binary' or "
                                  "'binary-rescore'")
         return [_scored(row, stage=f"dense_{mode}") for row in rows]
+
+    def _search_dense_indexed(self, conn: psycopg.Connection[Any], *, collection: str, cid: int,
+                              query: np.ndarray, top_k: int, oversample: int,
+                              where: SearchFilter | None) -> list[ScoredChunk] | None:
+        """``binary-rescore`` hits from the in-memory dense index, or ``None`` when PostgreSQL
+        must answer (the index is not built yet)."""
+        from verity.backends.stores.dense_index import MIN_CANDIDATES
+        from verity.backends.stores.outbox import IndexKey, latest_change
+
+        assert self._dense is not None
+        scores = self._dense.search(
+            IndexKey(tenant=self.tenant, collection=collection, collection_id=cid),
+            query=query, groups=None if where is None else where.groups, top_k=top_k,
+            candidates=max(top_k * oversample, MIN_CANDIDATES),
+            fresh_after=latest_change(conn, collection_id=cid))
+        if scores is None:
+            return None
+        # The filter is applied again here: a chunk whose ACL changed since the index last
+        # caught up is never returned on the index's word.
+        visible, filter_params = compile_filter(where)
+        rows = conn.execute(q.fetch_visible_hits(visible=visible), {
+            "collection_id": cid, "ids": [c for c, _ in scores], **filter_params}).fetchall()
+        return _in_order(rows, scores=scores, stage="dense_binary-rescore")
 
     def _few_visible(self, conn: psycopg.Connection[Any], where: SearchFilter | None,
                      params: dict[str, Any]) -> bool:
@@ -372,7 +405,7 @@ class PgvectorStore:
         """BM25 hits from the tantivy index, or ``None`` when PostgreSQL must answer."""
         if self._lexical is None or (where is not None and where.conditions):
             return None  # metadata conditions are not in the index
-        from verity.backends.stores.tantivy_index import IndexKey
+        from verity.backends.stores.outbox import IndexKey
 
         visible, filter_params = compile_filter(where)
         with self._db.pool.connection() as conn:

@@ -163,6 +163,7 @@ def write_vectors(db: Database, *, collection_id: int, target: Embedding,
                         "(another re-embed changed or finished it); this one stopped")
                 with conn.cursor() as cur:
                     cur.executemany(q.SET_CHUNK_VECTOR, rows)
+                conn.execute(q.RECORD_REEMBEDDED, {"ids": [c.id for c in chunks]})
             return
         except psycopg.errors.DeadlockDetected:
             if attempt == RETRIES:

@@ -34,7 +34,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +41,11 @@ import psycopg
 import tantivy
 
 from verity.backends.stores.database import Database, first_line
+from verity.backends.stores.outbox import IndexKey as IndexKey
+from verity.backends.stores.outbox import Lag as Lag
+from verity.backends.stores.outbox import horizon as outbox_horizon
+from verity.backends.stores.outbox import lag, read_changes
+from verity.backends.stores.outbox import prune_changes as prune_changes
 from verity.core.errors import NotFoundError, StoreError
 
 log = logging.getLogger(__name__)
@@ -61,9 +65,7 @@ POST_FILTER_MIN_SHARE = 0.2
 POST_FILTER_MAX = 1000
 """The most hits an unfiltered query is asked for before filtering."""
 
-KEEP_CHANGES_S = 7 * 24 * 3600.0
 _PRUNE_EVERY_S = 3600.0
-"""How long outbox rows are kept: an index that has applied nothing for longer is rebuilt."""
 
 # A chunk's terms come analysed already, from its postings row (written with the chunk by
 # the same analysis), so building or catching up costs no text analysis here.
@@ -73,26 +75,8 @@ FROM chunks k JOIN documents d ON d.id = k.document_id
 LEFT JOIN chunk_postings p ON p.chunk_id = k.id
 WHERE k.collection_id = %(collection_id)s
 """
-_CHANGED_DOCUMENTS = """
-SELECT DISTINCT document_id FROM changes
-WHERE collection_id = %(collection_id)s AND xid >= %(since)s::xid8 AND xid < %(upto)s::xid8
-"""
-_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-_PRUNED_UPTO = "SELECT upto::text FROM changes_pruned"
-_PRUNE = """
-WITH gone AS (
-    DELETE FROM changes WHERE created_at < now() - make_interval(secs => %(keep_s)s) RETURNING xid
-)
-UPDATE changes_pruned SET upto = greatest(upto, (SELECT max(xid) FROM gone))
-WHERE EXISTS (SELECT FROM gone)
-"""
 _COLLECTION_ID = "SELECT id FROM collections WHERE tenant = %(tenant)s AND name = %(name)s"
 _NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
-_LAG = """
-SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8, count(*) FROM changes
-WHERE collection_id = %(collection_id)s AND xid >= %(since)s::xid8
-"""
-
 
 def _schema() -> tantivy.Schema:
     b = tantivy.SchemaBuilder()
@@ -139,15 +123,6 @@ def _chunk_document(row: Sequence[Any]) -> tantivy.Document:
                             acl=acl_terms(groups), body=body)
 
 
-@dataclass(frozen=True)
-class IndexKey:
-    """Which collection an index holds."""
-
-    tenant: str
-    collection: str
-    collection_id: int
-
-
 class LexicalIndex:
     """One collection's index directory, written here if this process holds its lock."""
 
@@ -180,7 +155,7 @@ class LexicalIndex:
             self._apply_changes()
         if self.horizon is not None:
             with self._db.pool.connection() as conn:
-                self.lag = _lag(conn, collection_id=self.key.collection_id, since=self.horizon)
+                self.lag = lag(conn, collection_id=self.key.collection_id, since=self.horizon)
 
     def search(self, terms: Sequence[str], *, groups: Sequence[str] | None,
                top_k: int) -> list[tuple[str, float]] | None:
@@ -269,7 +244,7 @@ class LexicalIndex:
         writer = index.writer(_WRITER_HEAP, 1)
         with self._db.pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            horizon = _horizon(conn)
+            horizon = outbox_horizon(conn)
             with conn.cursor(name="lexical_build") as cur:
                 cur.itersize = 2000
                 cur.execute(_CHUNK_ROWS, {"collection_id": self.key.collection_id})
@@ -293,10 +268,11 @@ class LexicalIndex:
     def _apply_changes(self) -> None:
         """Replace the chunks of every document changed since the horizon, in one commit."""
         assert self._index is not None and self.horizon is not None
-        read = self._read_changes(self.horizon)
+        read = read_changes(self._db, collection_id=self.key.collection_id, since=self.horizon,
+                            rows_sql=_CHUNK_ROWS)
         if read is None:
             return
-        upto, docs, rows = read
+        upto, docs, rows = read.upto, read.documents, read.rows
         if docs is None:
             log.info("rebuilding lexical index %s/%s: changes it missed were pruned",
                      self.key.tenant, self.key.collection)
@@ -310,38 +286,6 @@ class LexicalIndex:
             _commit(self._writer, horizon=upto, collection_id=self.key.collection_id)
             self._index.reload()
         self.horizon = upto
-
-    def _read_changes(self, since: int) -> tuple[int, list[str] | None, list[Any]] | None:
-        """From one snapshot: the new horizon, the documents changed since ``since`` (``None``
-        if some of those changes were pruned) and their chunk rows; ``None`` if nothing moved."""
-        with self._db.pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            upto = _horizon(conn)
-            if upto <= since:
-                return None
-            pruned = conn.execute(_PRUNED_UPTO).fetchone()
-            if pruned is not None and since <= int(pruned[0]):
-                return upto, None, []
-            params = {"collection_id": self.key.collection_id, "since": str(since),
-                      "upto": str(upto)}
-            docs = [str(r[0]) for r in conn.execute(_CHANGED_DOCUMENTS, params).fetchall()]
-            rows = conn.execute(_CHUNK_ROWS + " AND k.document_id = ANY(%(docs)s)",
-                                {**params, "docs": docs}).fetchall() if docs else []
-        return upto, docs, rows
-
-
-@dataclass(frozen=True)
-class Lag:
-    """How far an index is behind PostgreSQL: the changes (outbox rows) it has not applied yet,
-    and how long ago the oldest of them was written (0 when none)."""
-
-    seconds: float
-    changes: int
-
-
-def _lag(conn: psycopg.Connection[Any], *, collection_id: int, since: int) -> Lag:
-    row = conn.execute(_LAG, {"collection_id": collection_id, "since": str(since)}).fetchone()
-    return Lag(seconds=float(row[0]), changes=int(row[1])) if row else Lag(0.0, 0)
 
 
 def stored_index_lags(db: Database, *, root: Path) -> dict[str, Lag | None]:
@@ -360,20 +304,8 @@ def stored_index_lags(db: Database, *, root: Path) -> dict[str, Lag | None]:
             found[name] = None
             continue
         with db.pool.connection() as conn:
-            found[name] = _lag(conn, collection_id=cid, since=horizon)
+            found[name] = lag(conn, collection_id=cid, since=horizon)
     return found
-
-
-def prune_changes(db: Database, *, keep_s: float = KEEP_CHANGES_S) -> None:
-    """Delete outbox rows older than ``keep_s`` seconds, recording the newest transaction pruned."""
-    with db.pool.connection() as conn:
-        conn.execute(_PRUNE, {"keep_s": keep_s})
-
-
-def _horizon(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(_HORIZON).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _commit(writer: Any, *, horizon: int, collection_id: int) -> None:

@@ -1,0 +1,116 @@
+"""Following PostgreSQL's ``changes`` outbox: what the indexes beside PostgreSQL share.
+
+Every write, re-write, ACL change or delete of a document records a row in ``changes``
+(migration 0006) in the same transaction. An index derived from PostgreSQL (the tantivy
+lexical index, the in-memory dense index) remembers a transaction *horizon*: every
+transaction older than it has been applied. To catch up it reads, from one snapshot, the
+documents changed between its horizon and the snapshot's, and their rows as PostgreSQL
+holds them now; applying a change is idempotent (a document's chunks are replaced by what
+PostgreSQL holds), so a process killed mid-update starts again from its last horizon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from verity.backends.stores.database import Database
+
+KEEP_CHANGES_S = 7 * 24 * 3600.0
+"""How long outbox rows are kept: an index that has applied nothing for longer is rebuilt."""
+
+_CHANGED_DOCUMENTS = """
+SELECT DISTINCT document_id FROM changes
+WHERE collection_id = %(collection_id)s AND xid >= %(since)s::xid8 AND xid < %(upto)s::xid8
+"""
+_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+_PRUNED_UPTO = "SELECT upto::text FROM changes_pruned"
+_PRUNE = """
+WITH gone AS (
+    DELETE FROM changes WHERE created_at < now() - make_interval(secs => %(keep_s)s) RETURNING xid
+)
+UPDATE changes_pruned SET upto = greatest(upto, (SELECT max(xid) FROM gone))
+WHERE EXISTS (SELECT FROM gone)
+"""
+_LAG = """
+SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8, count(*) FROM changes
+WHERE collection_id = %(collection_id)s AND xid >= %(since)s::xid8
+"""
+_LATEST = "SELECT max(xid)::text FROM changes WHERE collection_id = %(collection_id)s"
+
+
+@dataclass(frozen=True)
+class IndexKey:
+    """Which collection an index holds."""
+
+    tenant: str
+    collection: str
+    collection_id: int
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far an index is behind PostgreSQL: the changes (outbox rows) it has not applied yet,
+    and how long ago the oldest of them was written (0 when none)."""
+
+    seconds: float
+    changes: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a collection between two horizons: the documents (``None`` when some of
+    those changes were pruned, so the index must be rebuilt) and their rows now."""
+
+    upto: int
+    documents: list[str] | None
+    rows: list[Any]
+
+
+def horizon(conn: psycopg.Connection[Any]) -> int:
+    """Every transaction older than this one has finished (committed or rolled back)."""
+    row = conn.execute(_HORIZON).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def latest_change(conn: psycopg.Connection[Any], *, collection_id: int) -> int | None:
+    """The transaction of the collection's newest committed change (``None``: none recorded)."""
+    row = conn.execute(_LATEST, {"collection_id": collection_id}).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def read_changes(db: Database, *, collection_id: int, since: int, rows_sql: str
+                 ) -> Changes | None:
+    """From one snapshot, the changes since horizon ``since`` (``None`` if nothing moved).
+
+    ``rows_sql`` selects the collection's chunk rows (``%(collection_id)s``); the rows of the
+    changed documents are read with ``AND k.document_id = ANY(%(docs)s)`` appended.
+    """
+    with db.pool.connection() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        upto = horizon(conn)
+        if upto <= since:
+            return None
+        pruned = conn.execute(_PRUNED_UPTO).fetchone()
+        if pruned is not None and since <= int(pruned[0]):
+            return Changes(upto=upto, documents=None, rows=[])
+        params = {"collection_id": collection_id, "since": str(since), "upto": str(upto)}
+        docs = [str(r[0]) for r in conn.execute(_CHANGED_DOCUMENTS, params).fetchall()]
+        rows = conn.execute(rows_sql + " AND k.document_id = ANY(%(docs)s)",
+                            {**params, "docs": docs}).fetchall() if docs else []
+    return Changes(upto=upto, documents=docs, rows=rows)
+
+
+def lag(conn: psycopg.Connection[Any], *, collection_id: int, since: int) -> Lag:
+    """How far an index at horizon ``since`` is behind the collection's changes."""
+    row = conn.execute(_LAG, {"collection_id": collection_id, "since": str(since)}).fetchone()
+    return Lag(seconds=float(row[0]), changes=int(row[1])) if row else Lag(0.0, 0)
+
+
+def prune_changes(db: Database, *, keep_s: float = KEEP_CHANGES_S) -> None:
+    """Delete outbox rows older than ``keep_s`` seconds, recording the newest transaction pruned."""
+    with db.pool.connection() as conn:
+        conn.execute(_PRUNE, {"keep_s": keep_s})
