@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,7 +71,8 @@ def _setup(database: Database, indexes: DenseIndexes | None, collection: str
 
 def _random_unit(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
 
 
 def test_hits_are_postgres_exact_search_when_every_code_is_a_candidate(
@@ -210,14 +211,15 @@ def test_writes_deletes_and_acl_changes_reach_a_second_process_within_a_second(
     with spawn_replica(database, root=tmp_path, key=key, groups=("eng",)) as replica:
         assert replica.stdout is not None
         assert len(replica.stdout.readline().split()) == 1
-        for change, expected in [
+        changes: list[tuple[Callable[[], object], int]] = [
             (lambda: write(store, collection, "new.md", ["new"], flips=[1]), 2),
             (lambda: write(store, collection, "new.md", ["new"], flips=[1], version="2",
                            groups=("board",)), 1),
             (lambda: write(store, collection, "new.md", ["new"], flips=[1], version="3",
                            groups=("eng",)), 2),
             (lambda: store.delete_document(collection=collection, source="new.md"), 1),
-        ]:
+        ]
+        for change, expected in changes:
             started = time.monotonic()
             change()
             assert len(replica.stdout.readline().split()) == expected
