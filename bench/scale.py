@@ -46,6 +46,7 @@ from bench.search import World, parse_size  # noqa: E402
 from verity.answering.fusion import reciprocal_rank_fusion  # noqa: E402
 from verity.backends.quantize import quantize_binary  # noqa: E402
 from verity.backends.stores.database import Database  # noqa: E402
+from verity.backends.stores.dense_index import DenseIndexes  # noqa: E402
 from verity.backends.stores.faiss_index import FaissIndex, Manifest  # noqa: E402
 from verity.backends.stores.pgvector_store import PgvectorStore  # noqa: E402
 from verity.backends.stores.tantivy_index import LexicalIndexes  # noqa: E402
@@ -285,11 +286,13 @@ def ids(hits: Sequence[ScoredChunk]) -> list[str]:
 
 
 def store_searches(stores: dict[str, PgvectorStore], corpus: Corpus, faiss_index: FaissIndex,
-                   where: SearchFilter | None) -> dict[str, Search]:
+                   where: SearchFilter | None, *, memory_store: PgvectorStore | None = None
+                   ) -> dict[str, Search]:
     """Our engines' searches under one filter (FAISS has no filter: unfiltered only).
 
     ``stores`` holds a store per BM25 engine, by name (``tantivy``, ``postgres``); the first
-    one also answers the dense searches.
+    one also answers the dense searches through PostgreSQL. ``memory_store`` answers
+    ``binary-rescore`` through the in-memory dense index (and BM25 through tantivy).
     """
     store = next(iter(stores.values()))
 
@@ -319,11 +322,40 @@ def store_searches(stores: dict[str, PgvectorStore], corpus: Corpus, faiss_index
         searches[f"bm25 {engine}"] = lexical_ids(lexical(engine))
         searches[f"hybrid float + bm25 {engine}"] = hybrid(engine, "float")
         searches[f"hybrid binary-rescore + bm25 {engine}"] = hybrid(engine, "binary-rescore")
+    if memory_store is not None:
+        searches.update(memory_searches(memory_store, corpus, where))
     if where is None:
         searches[f"dense FAISS binary+int8 x{OVERSAMPLE}"] = lambda i: [
             h.chunk_id for h in faiss_index.search(corpus.query_vectors[i], top_k=TOP_K,
                                                    oversample=OVERSAMPLE)]
     return searches
+
+
+def memory_searches(store: PgvectorStore, corpus: Corpus, where: SearchFilter | None
+                    ) -> dict[str, Search]:
+    """The in-memory dense index alone, and hybrid with it: its halves one after the other,
+    and side by side in two threads."""
+    pool = ThreadPoolExecutor(max_workers=2)
+
+    def dense(i: int, top_k: int) -> list[ScoredChunk]:
+        return store.search_dense(collection=COLLECTION, query=corpus.query_vectors[i],
+                                  top_k=top_k, mode="binary-rescore", oversample=OVERSAMPLE,
+                                  where=where)
+
+    def lexical(i: int) -> list[ScoredChunk]:
+        return store.search_lexical(collection=COLLECTION, query=corpus.queries[i],
+                                    top_k=CANDIDATES, where=where)
+
+    def sequential(i: int) -> list[str]:
+        return ids(reciprocal_rank_fusion([lexical(i), dense(i, CANDIDATES)], top_k=TOP_K))
+
+    def parallel(i: int) -> list[str]:
+        halves = pool.submit(lexical, i), pool.submit(dense, i, CANDIDATES)
+        return ids(reciprocal_rank_fusion([h.result() for h in halves], top_k=TOP_K))
+
+    return {"dense memory index": lambda i: ids(dense(i, TOP_K)),
+            "hybrid memory index + bm25 tantivy": sequential,
+            "hybrid memory index + bm25 tantivy, halves in parallel": parallel}
 
 
 def peer_searches(db: Database, memory: Memory, corpus: Corpus,
@@ -368,19 +400,19 @@ def rrf_ids(rankings: Sequence[Sequence[str]]) -> list[str]:
 
 TABLE_BYTES = """
 SELECT pg_table_size('chunks'), pg_indexes_size('chunks'), pg_total_relation_size('documents'),
-       pg_total_relation_size('chunk_postings'), pg_table_size('bench_fts'),
-       pg_relation_size('bench_fts_gin')
+       pg_total_relation_size('chunk_postings'),
+       coalesce(pg_table_size(to_regclass('bench_fts')), 0),
+       coalesce(pg_relation_size(to_regclass('bench_fts_gin')), 0)
 """
 
 
-def sizes(db: Database, store: PgvectorStore, *, faiss_index: FaissIndex, memory: Memory,
-          lexical: Path) -> dict[str, dict[str, Any]]:
+def sizes(db: Database, store: PgvectorStore, *, faiss_index: FaissIndex, memory: Memory | None,
+          lexical: Path, dense: DenseIndexes) -> dict[str, dict[str, Any]]:
     """Bytes per component and where they live (disk in Postgres, hot in its cache, or RAM)."""
     parts = store.index_bytes(COLLECTION)
     with db.pool.connection() as conn:
         row = conn.execute(TABLE_BYTES).fetchone()
     assert row is not None
-    bm25s_bytes = sum(a.nbytes for a in memory.bm25.scores.values() if hasattr(a, "nbytes"))
     found = {
         "chunks table (heap + TOAST)": (row[0], "disk"),
         "chunks indexes (all)": (row[1], "disk"),
@@ -393,13 +425,18 @@ def sizes(db: Database, store: PgvectorStore, *, faiss_index: FaissIndex, memory
         "tantivy index (lexical/)": (sum(f.stat().st_size for f in lexical.rglob("*")
                                          if f.is_file()), "disk, memory-mapped"),
         "chunk_postings (with indexes)": (row[3], "disk"),
-        "peer FTS tsvector table": (row[4], "disk"),
-        "peer FTS GIN index": (row[5], "disk"),
+        "dense memory index (bits + float16)": (dense.ram_bytes(), "RAM, each process"),
         "FAISS binary index": (faiss_index.ram_bytes(), "RAM"),
         "FAISS int8 codes": (faiss_index.codes.nbytes, "RAM (memory-mapped)"),
-        "peer bm25s score matrix": (bm25s_bytes, "RAM"),
-        "peer FAISS flat float32": (memory.flat.ntotal * memory.flat.d * 4, "RAM"),
     }
+    if memory is not None:
+        found |= {
+            "peer FTS tsvector table": (row[4], "disk"),
+            "peer FTS GIN index": (row[5], "disk"),
+            "peer bm25s score matrix": (sum(a.nbytes for a in memory.bm25.scores.values()
+                                            if hasattr(a, "nbytes")), "RAM"),
+            "peer FAISS flat float32": (memory.flat.ntotal * memory.flat.d * 4, "RAM"),
+        }
     n = max(1, parts["chunks"])
     return {k: {"bytes": int(b), "per_chunk": int(b) / n, "where": w} for k, (b, w) in found.items()}
 
@@ -413,14 +450,16 @@ def wanted(engine: str, engines: Sequence[str]) -> bool:
 
 
 def bench_filter(stores: dict[str, PgvectorStore], db: Database, corpus: Corpus, *,
-                 faiss_index: FaissIndex, memory: Memory, name: str, queries: int,
-                 engines: Sequence[str] = ()) -> list[Row]:
+                 faiss_index: FaissIndex, memory: Memory | None, name: str, queries: int,
+                 engines: Sequence[str] = (), memory_store: PgvectorStore | None = None
+                 ) -> list[Row]:
     """Every engine under one filter; approximate dense stages are scored against exact float."""
     where = FILTERS[name]
     n = len(corpus.texts)
     rows: list[Row] = []
     truth: list[list[str]] | None = None
-    for engine, search in store_searches(stores, corpus, faiss_index, where).items():
+    for engine, search in store_searches(stores, corpus, faiss_index, where,
+                                         memory_store=memory_store).items():
         if not wanted(engine, engines):
             continue
         approximate = engine.startswith("dense") and "exact" not in engine
@@ -428,7 +467,7 @@ def bench_filter(stores: dict[str, PgvectorStore], db: Database, corpus: Corpus,
                              truth=truth if approximate else None)
         truth = found if engine == "dense float (exact)" else truth
         rows.append(row)
-    for engine, search in peer_searches(db, memory, corpus, where).items():
+    for engine, search in (peer_searches(db, memory, corpus, where) if memory else {}).items():
         if not wanted(engine, engines):
             continue
         approximate = engine == "peer: FAISS flat (exact)"
@@ -443,6 +482,7 @@ def bench_size(n: int, *, args: argparse.Namespace) -> dict[str, Any]:
     pg_dir = Path(tempfile.mkdtemp(prefix="verity-scale-"))
     db = Database(StoreSettings(pool_max_size=9), data_dir=pg_dir).open()
     indexes = LexicalIndexes(db, root=pg_dir / "lexical")
+    dense = DenseIndexes(db)
     try:
         store = PgvectorStore(db, tenant="bench")
         build = load(store, db, corpus, batch=args.batch)
@@ -456,7 +496,14 @@ def bench_size(n: int, *, args: argparse.Namespace) -> dict[str, Any]:
         stores = {"tantivy": PgvectorStore(db, tenant="bench", lexical=indexes)}
         if n <= args.postgres_bm25_max:  # the previous implementation: seconds a query beyond
             stores["postgres"] = store
-        build["fts_s"] = build_fts(db, store)
+        started = time.perf_counter()
+        if not dense.wait_collection(tenant="bench", collection=COLLECTION, timeout_s=7200):
+            raise RuntimeError("the dense index was not built within two hours")
+        build["dense_memory_s"] = time.perf_counter() - started
+        memory_store = PgvectorStore(db, tenant="bench", lexical=indexes, dense=dense)
+        peers = wanted("peer", args.engines)
+        if peers:
+            build["fts_s"] = build_fts(db, store)
         chunk_ids = [chunk_id(document_id(collection=f"bench/{COLLECTION}", source=s), 0)
                      for s in corpus.sources]
         started = time.perf_counter()
@@ -466,17 +513,18 @@ def bench_size(n: int, *, args: argparse.Namespace) -> dict[str, Any]:
                                               manifest=manifest,
                                               hnsw_threshold=FaissSettings().hnsw_threshold)
         build["faiss_s"] = time.perf_counter() - started
-        memory = Memory.build(corpus, chunk_ids)
-        build |= memory.build_s
+        memory = Memory.build(corpus, chunk_ids) if peers else None
+        build |= memory.build_s if memory else {}
         rows = [row for name in FILTERS
                 for row in bench_filter(stores, db, corpus, faiss_index=faiss_index,
                                         memory=memory, name=name, queries=args.queries,
-                                        engines=args.engines)]
+                                        engines=args.engines, memory_store=memory_store)]
         return {"size": n, "build": build,
                 "sizes": sizes(db, store, faiss_index=faiss_index, memory=memory,
-                               lexical=pg_dir / "lexical"),
+                               lexical=pg_dir / "lexical", dense=dense),
                 "rows": [asdict(r) for r in rows]}
     finally:
+        dense.close()
         indexes.close()
         db.close()
         shutil.rmtree(pg_dir, ignore_errors=True)

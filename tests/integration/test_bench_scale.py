@@ -47,4 +47,10 @@ def test_scale_smoke_measures_every_engine_under_every_filter(tmp_path: Path) ->
         assert rows["peer: FAISS flat (exact)", where]["recall"] == 1.0
         assert rows["dense binary-rescore x10", where]["recall"] >= 0.8
     assert rows["dense FAISS binary+int8 x10", "none"]["recall"] >= 0.8
+    for where in ["none", "acl 50%", "acl 1%"]:  # 2,000 chunks: every visible one rescored
+        assert rows["dense memory index", where]["recall"] == 1.0
+        for engine in ["hybrid memory index + bm25 tantivy",
+                       "hybrid memory index + bm25 tantivy, halves in parallel"]:
+            assert rows[engine, where]["p50_1"] > 0
+    assert result["sizes"]["dense memory index (bits + float16)"]["bytes"] > 0
     assert "| dense float (exact) | acl 1% |" in done.stdout

@@ -23,6 +23,7 @@ from verity.backends.stores.collection_vectors import query_refusal, read_state,
 from verity.backends.stores.collection_vectors import vectors_compatible as vectors_compatible
 from verity.backends.stores.database import Database, first_line
 from verity.backends.stores.filters import compile_filter
+from verity.backends.stores.hits import in_order, scored_hit, visible_hits
 from verity.backends.stores.pgvector_write import lexical_text as lexical_text
 from verity.backends.stores.pgvector_write import refused, write_problem, write_rows
 from verity.core.errors import ConfigError, ConflictError, NotFoundError, RagError
@@ -335,7 +336,7 @@ class PgvectorStore:
             else:
                 raise ValueError(f"unknown dense mode {mode!r}; use 'float', 'binary' or "
                                  "'binary-rescore'")
-        return [_scored(row, stage=f"dense_{mode}") for row in rows]
+        return [scored_hit(row, stage=f"dense_{mode}") for row in rows]
 
     def _search_dense_indexed(self, conn: psycopg.Connection[Any], *, collection: str, cid: int,
                               query: np.ndarray, top_k: int, oversample: int,
@@ -351,14 +352,8 @@ class PgvectorStore:
             query=query, groups=None if where is None else where.groups, top_k=top_k,
             candidates=max(top_k * oversample, MIN_CANDIDATES),
             fresh_after=latest_change(conn, collection_id=cid))
-        if scores is None:
-            return None
-        # The filter is applied again here: a chunk whose ACL changed since the index last
-        # caught up is never returned on the index's word.
-        visible, filter_params = compile_filter(where)
-        rows = conn.execute(q.fetch_visible_hits(visible=visible), {
-            "collection_id": cid, "ids": [c for c, _ in scores], **filter_params}).fetchall()
-        return _in_order(rows, scores=scores, stage="dense_binary-rescore")
+        return None if scores is None else visible_hits(conn, cid=cid, scores=scores, where=where,
+                                                        stage="dense_binary-rescore")
 
     def _few_visible(self, conn: psycopg.Connection[Any], where: SearchFilter | None,
                      params: dict[str, Any]) -> bool:
@@ -398,7 +393,7 @@ class PgvectorStore:
                 "weights": [float(counts[t]) for t in terms], "k1": k1, "b": b, "top_k": top_k,
                 **filter_params,
             }).fetchall()
-        return [_scored(row, stage="bm25") for row in rows]
+        return [scored_hit(row, stage="bm25") for row in rows]
 
     def _search_indexed(self, *, collection: str, query: str, top_k: int,
                         where: SearchFilter | None) -> list[ScoredChunk] | None:
@@ -407,21 +402,14 @@ class PgvectorStore:
             return None  # metadata conditions are not in the index
         from verity.backends.stores.outbox import IndexKey
 
-        visible, filter_params = compile_filter(where)
         with self._db.pool.connection() as conn:
             cid, _, _ = self._collection(conn, collection)
             key = IndexKey(tenant=self.tenant, collection=collection, collection_id=cid)
             scores = self._lexical.search(key, terms=analyze(query),
                                           groups=None if where is None else where.groups,
                                           top_k=top_k)
-            if scores is None:
-                return None
-            # The filter is applied again here: a chunk whose ACL changed since the index
-            # last caught up is never returned on the index's word.
-            rows = conn.execute(q.fetch_visible_hits(visible=visible), {
-                "collection_id": cid, "ids": [c for c, _ in scores], **filter_params,
-            }).fetchall()
-        return _in_order(rows, scores=scores, stage="bm25")
+            return None if scores is None else visible_hits(conn, cid=cid, scores=scores,
+                                                            where=where, stage="bm25")
 
     def fetch_hits(self, *, collection: str, scores: Sequence[tuple[str, float]],
                    stage: str) -> list[ScoredChunk]:
@@ -437,7 +425,7 @@ class PgvectorStore:
             cid, _, _ = self._collection(conn, collection)
             rows = conn.execute(q.FETCH_HITS, {"collection_id": cid,
                                                "ids": [c for c, _ in scores]}).fetchall()
-        return _in_order(rows, scores=scores, stage=stage)
+        return in_order(rows, scores=scores, stage=stage)
 
     def index_bytes(self, collection: str) -> dict[str, int]:
         """Bytes the collection's search structures take in Postgres, by part.
@@ -480,7 +468,7 @@ class PgvectorStore:
             cid, _, _ = self._collection(conn, collection)
             rows = conn.execute(q.SAMPLE_CHUNKS, {"collection_id": cid, "seed": seed,
                                                   "limit": limit}).fetchall()
-        return [_scored(row, stage="sample") for row in rows]
+        return [scored_hit(row, stage="sample") for row in rows]
 
     def stats(self, *, where: SearchFilter | None = None) -> list[CollectionStats]:
         """The tenant's collections, counting only the documents and chunks ``where`` allows."""
@@ -599,22 +587,6 @@ class PgvectorStore:
                 f"collection {name!r} does not exist; ingest documents into it first"
             )
         return int(row[0]), str(row[1]), int(row[2])
-
-
-def _scored(row: tuple[Any, ...], *, stage: str) -> ScoredChunk:
-    chunk = Chunk(id=row[0], document_id=row[1], ordinal=row[2], text=row[3], heading=row[4],
-                  page=row[5], token_count=row[6])
-    score = float(row[9])
-    return ScoredChunk(chunk=chunk, score=score, source=row[7], title=row[8],
-                       scores={stage: score})
-
-
-def _in_order(rows: Sequence[tuple[Any, ...]], *, scores: Sequence[tuple[str, float]],
-              stage: str) -> list[ScoredChunk]:
-    """Hits for ``(chunk id, score)`` pairs from hit rows, in the pairs' order; ids without a row
-    are skipped."""
-    found = {row[0]: row for row in rows}
-    return [_scored((*found[c][:9], s), stage=stage) for c, s in scores if c in found]
 
 
 def _document_info(row: tuple[Any, ...]) -> DocumentInfo:
