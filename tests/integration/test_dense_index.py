@@ -10,11 +10,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from tests.conformance.store import (
     DIM,
     MODEL,
@@ -25,11 +28,14 @@ from tests.conformance.store import (
     write,
     writing,
 )
+from tests.conftest import make_settings
+from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores import dense_index
 from verity.backends.stores.database import Database
 from verity.backends.stores.dense_index import DenseIndexes
 from verity.backends.stores.outbox import IndexKey
 from verity.backends.stores.pgvector_store import PgvectorStore
+from verity.core.settings import RetrievalSettings
 from verity.core.types import SearchFilter, chunk_id
 
 pytestmark = pytest.mark.integration
@@ -236,3 +242,33 @@ def test_a_process_killed_mid_update_loses_nothing(
     with spawn_replica(database, root=tmp_path, key=key) as again:
         assert again.stdout is not None
         assert sorted(again.stdout.readline().split()) == sorted(chunk_id(d, 0) for d in docs)
+
+
+def test_readyz_and_metrics_report_the_lag_without_naming_tenants(
+        retrieval_runtime: Runtime, indexes: DenseIndexes, collection: str) -> None:
+    store, key = _setup(retrieval_runtime.db, indexes, collection)
+    write(store, collection, "doc.md", ["a stork stands"])
+    assert indexes.wait_collection(tenant=key.tenant, collection=collection, timeout_s=30)
+    runtime = replace(retrieval_runtime, dense=indexes)
+    with TestClient(create_app(runtime.settings, runtime=runtime)) as client:
+        ready = client.get("/readyz").json()
+        text = client.get("/metrics").text
+    name = f"{key.tenant}/{collection}"
+    assert ready["dense_lag_changes"][name] == 0 and ready["dense_lag_s"][name] < 1.0
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                   if line.startswith("verity_dense"))
+    assert samples['verity_dense_indexes{state="ready"}'] == "1.0"
+    assert samples['verity_dense_indexes{state="building"}'] == "0.0"
+    assert samples["verity_dense_index_lag_changes"] == "0.0"
+    assert key.tenant not in text and collection not in text
+
+
+def test_the_setting_routes_binary_rescore_through_the_index_by_default(data_dir: Path) -> None:
+    assert RetrievalSettings().dense_index == "memory"
+    settings = make_settings(data_dir)
+    with open_runtime(settings, generator=False, reranker=False) as runtime:
+        assert runtime.dense is not None
+        assert runtime.store_for("other")._dense is runtime.dense  # type: ignore[attr-defined]
+    off = make_settings(data_dir, retrieval=RetrievalSettings(dense_index="postgres"))
+    with open_runtime(off, generator=False, reranker=False) as runtime:
+        assert runtime.dense is None

@@ -283,12 +283,11 @@ class PgvectorStore:
         ``mode`` is ``float`` (exact search over the ``halfvec`` vectors), ``binary``
         (Hamming distance over the bit codes through the HNSW index, scored by the
         cosine that distance implies, no rescoring) or ``binary-rescore`` (the ``top_k x
-        oversample`` nearest codes, rescored with their ``halfvec`` vectors). When at
-        most :attr:`exact_scan_chunks` chunks are visible (the collection, or what a filter
-        leaves of it), ``binary-rescore`` scans those exactly instead: walking the graph for
-        few codes costs about what scoring them all does, finds fewer of the true nearest
-        under a filter, and a small graph with many identical codes (a repeated chunk) can
-        leave the walk stuck among them.
+        oversample`` nearest codes, rescored with their ``halfvec`` vectors). With the
+        in-memory dense index, it answers ``binary-rescore`` (:mod:`.dense_index`).
+        Otherwise, when at most :attr:`exact_scan_chunks` chunks are visible, it scans those
+        exactly: a graph walk for few codes costs about as much, finds fewer of the true
+        nearest under a filter and can get stuck among identical codes (a repeated chunk).
 
         Raises:
             NotFoundError: no such collection.
@@ -304,13 +303,11 @@ class PgvectorStore:
                     f"query embedding is {query.shape[-1]}-d; collection {collection!r} is "
                     f"{dim}-d: query with the model the collection was built with"
                 )
-            if mode == "binary-rescore" and self._dense is not None and not (
-                    where is not None and where.conditions):
-                indexed = self._search_dense_indexed(conn, collection=collection, cid=cid,
-                                                     query=query, top_k=top_k,
-                                                     oversample=oversample, where=where)
-                if indexed is not None:
-                    return indexed
+            indexed = None if mode != "binary-rescore" else self._search_dense_indexed(
+                conn, collection=collection, cid=cid, query=query, top_k=top_k,
+                oversample=oversample, where=where)
+            if indexed is not None:
+                return indexed
             params: dict[str, Any] = {"query": HalfVector(query), "top_k": top_k,
                                       "collection_id": cid, **filter_params}
             if mode == "float":
@@ -342,11 +339,12 @@ class PgvectorStore:
                               query: np.ndarray, top_k: int, oversample: int,
                               where: SearchFilter | None) -> list[ScoredChunk] | None:
         """``binary-rescore`` hits from the in-memory dense index, or ``None`` when PostgreSQL
-        must answer (the index is not built yet)."""
+        must answer (no index, metadata conditions it does not hold, or not built yet)."""
+        if self._dense is None or (where is not None and where.conditions):
+            return None
         from verity.backends.stores.dense_index import MIN_CANDIDATES
         from verity.backends.stores.outbox import IndexKey, latest_change
 
-        assert self._dense is not None
         scores = self._dense.search(
             IndexKey(tenant=self.tenant, collection=collection, collection_id=cid),
             query=query, groups=None if where is None else where.groups, top_k=top_k,
