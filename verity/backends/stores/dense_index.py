@@ -70,15 +70,18 @@ def sign_bits(vectors: np.ndarray) -> np.ndarray:
 
 
 class _ReadWriteLock:
-    """Many searches at once, or one update alone."""
+    """Many searches at once, or one update alone; an update waiting goes before new searches,
+    so a steady stream of searches cannot keep the index from catching up."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
+        self._writer_waiting = False
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
+            self._cond.wait_for(lambda: not self._writer_waiting)
             self._readers += 1
         try:
             yield
@@ -91,8 +94,13 @@ class _ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
-            self._cond.wait_for(lambda: not self._readers)
-            yield
+            self._writer_waiting = True
+            try:
+                self._cond.wait_for(lambda: not self._readers)
+                yield
+            finally:
+                self._writer_waiting = False
+                self._cond.notify_all()
 
 
 @dataclass
