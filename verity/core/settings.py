@@ -203,7 +203,7 @@ class RetrievalSettings(BaseModel):
     dense_index: Literal["memory", "postgres"] = Field(
         default="memory",
         description="binary-rescore engine: memory (each process holds every chunk's sign bits "
-                    "and float16 vector, about 820 bytes a chunk, kept fresh from PostgreSQL; a "
+                    "and float16 vector, about 1.2 kB of RAM a chunk, kept fresh from PostgreSQL; a "
                     "Hamming scan of all codes, exact rescoring, ACLs as a bitmap) or postgres "
                     "(pgvector's bit HNSW index, an exact scan for selective filters)",
     )

@@ -129,7 +129,8 @@ class _Rows:
         if not m:
             return
         if self.n + m > len(self.alive):
-            capacity = max(2 * len(self.alive), self.n + m, 1024)
+            # A quarter more each time: a million-chunk index grows by 0.2 GB, not 0.8.
+            capacity = max(len(self.alive) + len(self.alive) // 4, self.n + m, 1024)
             self.vectors = _grown(self.vectors, (capacity, self.dim), np.float16)
             self.alive = _grown(self.alive, (capacity,), bool)
             self.acl = _grown(self.acl, (capacity,), np.int32)
@@ -142,6 +143,12 @@ class _Rows:
             self.doc_rows.setdefault(doc, []).append(self.n + i)
             self.acl[self.n + i] = self._acl_id(frozenset(groups))
         self.n += m
+
+    def trim(self) -> None:
+        """Let go of the spare capacity appending left (up to half the arrays after a build)."""
+        self.vectors = self.vectors[:self.n].copy()
+        self.alive = self.alive[:self.n].copy()
+        self.acl = self.acl[:self.n].copy()
 
     def remove(self, documents: Sequence[str]) -> None:
         for doc in documents:
@@ -157,9 +164,12 @@ class _Rows:
         doc_of = {row: doc for doc, rows in self.doc_rows.items() for row in rows}
         fresh.append([(self.chunk_ids[r], doc_of[r], tuple(self.acl_sets[self.acl[r]]))
                       for r in keep.tolist()], self.vectors[keep])
+        fresh.trim()
         return fresh
 
     def ram_bytes(self) -> int:
+        """Bytes of the arrays (about 820 a chunk); the ids held as Python objects add about
+        360 a chunk more."""
         return int(self.n * ((self.dim + 7) // 8) + self.vectors.nbytes + self.alive.nbytes
                    + self.acl.nbytes)
 
@@ -262,6 +272,7 @@ class DenseIndex:
                     if self._stop.is_set():
                         return  # closing: abandon the build
                     _append(fresh, batch)
+        fresh.trim()
         with self._lock.write():
             self._rows, self.horizon = fresh, horizon
         log.info("dense index of %s/%s: %d chunks in memory (%.0f MB)", self.key.tenant,
