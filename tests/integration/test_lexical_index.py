@@ -383,8 +383,10 @@ def test_status_shows_how_far_each_stored_index_is_behind(tmp_path: Path, collec
     done = subprocess.run([*VERITY, "status", "--json"], env=cli_env(tmp_path), cwd=REPO,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
-    lag = json.loads(done.stdout)["lexical_indexes"][f"default/{collection}"]
+    shown = json.loads(done.stdout)
+    lag = shown["lexical_indexes"][f"default/{collection}"]
     assert lag["changes"] >= 1 and lag["seconds"] >= 0
+    assert shown["dense_index"] == "memory"
 
 
 def test_an_index_older_than_the_pruned_outbox_is_rebuilt(

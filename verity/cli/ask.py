@@ -84,6 +84,7 @@ def status(
         "collections": [asdict(s) for s in stats],
         "lexical": settings.retrieval.lexical,
         "lexical_indexes": {k: None if v is None else asdict(v) for k, v in lags.items()},
+        "dense_index": settings.retrieval.dense_index,
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -100,3 +101,6 @@ def status(
         typer.echo(f"lexical index {name}: " + (
             "not readable (being built, or rebuilt when next opened)" if lag is None else
             f"{lag.changes} changes behind, oldest {lag.seconds:.1f} s ago"))
+    typer.echo(f"dense:     {settings.retrieval.dense_index}" + (
+        " (held by each searching process; its lag is in that process's /readyz)"
+        if settings.retrieval.dense_index == "memory" else ""))
