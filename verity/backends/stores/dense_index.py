@@ -37,13 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import psycopg
 
-from verity.backends.stores.database import Database, first_line
+from verity.backends.stores.database import Database
 from verity.backends.stores.faiss_search import load_faiss
-from verity.backends.stores.outbox import IndexKey, Lag, lag, read_changes
+from verity.backends.stores.outbox import Followers, IndexKey, Lag, lag, read_changes
 from verity.backends.stores.outbox import horizon as outbox_horizon
-from verity.core.errors import NotFoundError, StoreError
+from verity.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,6 @@ SELECT k.id, k.document_id, d.acl_groups, k.embedding
 FROM chunks k JOIN documents d ON d.id = k.document_id
 WHERE k.collection_id = %(collection_id)s
 """
-_COLLECTION_ID = "SELECT id FROM collections WHERE tenant = %(tenant)s AND name = %(name)s"
-_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
 
 
 def sign_bits(vectors: np.ndarray) -> np.ndarray:
@@ -214,6 +211,10 @@ class DenseIndex:
     def ready(self) -> bool:
         return self._rows is not None
 
+    def close(self) -> None:
+        with self._lock.write():
+            self._rows = None
+
     def ram_bytes(self) -> int:
         rows = self._rows
         return 0 if rows is None else rows.ram_bytes()
@@ -321,7 +322,7 @@ def _nearest_codes(rows: _Rows, query: np.ndarray, *, mask: np.ndarray | None, k
     return hits[hits >= 0]
 
 
-class DenseIndexes:
+class DenseIndexes(Followers[DenseIndex]):
     """This process's in-memory dense indexes, kept fresh by one background thread.
 
     Example:
@@ -329,16 +330,11 @@ class DenseIndexes:
         ...     indexes.search(key, query=vector, groups=None, top_k=10)
     """
 
+    kind = "dense"
+
     def __init__(self, db: Database, *, poll_s: float = 0.2, fresh_wait_s: float = 0.5) -> None:
-        self._db = db
-        self._poll_s = poll_s
         self._fresh_wait_s = fresh_wait_s
-        self._indexes: dict[IndexKey, DenseIndex] = {}
-        self._guard = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dense-index", daemon=True)
-        self._thread.start()
+        super().__init__(db, poll_s=poll_s)
 
     def search(self, key: IndexKey, *, query: np.ndarray, groups: Sequence[str] | None,
                top_k: int, candidates: int = MIN_CANDIDATES, fresh_after: int | None = None
@@ -361,74 +357,10 @@ class DenseIndexes:
         return index.search(query, groups=groups, top_k=top_k,
                             candidates=max(candidates, top_k))
 
-    def wait_collection(self, *, tenant: str, collection: str, timeout_s: float = 600.0) -> bool:
-        """Whether the collection's index was built, with every write committed before this
-        call, within ``timeout_s``.
-
-        Raises:
-            NotFoundError: the tenant has no collection of that name.
-        """
-        with self._db.pool.connection() as conn:
-            row = conn.execute(_COLLECTION_ID, {"tenant": tenant, "name": collection}).fetchone()
-            if row is None:
-                raise NotFoundError(f"collection {collection!r} does not exist")
-            target = conn.execute(_NEXT_XID).fetchone()
-        assert target is not None
-        index = self._get(IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0])))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if index.ready and index.horizon is not None and index.horizon >= int(target[0]):
-                return True
-            self._wake.set()
-            time.sleep(0.02)
-        return False
-
-    def lag(self) -> dict[str, Lag | None]:
-        """How far each index is behind, by ``tenant/collection`` (``None`` until it is built)."""
-        with self._guard:
-            return {f"{k.tenant}/{k.collection}": i.lag for k, i in self._indexes.items()}
-
     def ram_bytes(self) -> int:
+        """Bytes of the indexes' arrays (:meth:`DenseIndex.ram_bytes`)."""
         with self._guard:
             return sum(i.ram_bytes() for i in self._indexes.values())
 
-    def close(self) -> None:
-        """Stop the thread (a build in progress is abandoned) and let go of the indexes."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-        with self._guard:
-            self._indexes.clear()
-
-    def __enter__(self) -> DenseIndexes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _get(self, key: IndexKey) -> DenseIndex:
-        with self._guard:
-            index = self._indexes.get(key)
-            if index is None:
-                index = self._indexes[key] = DenseIndex(self._db, key=key, stop=self._stop)
-                self._wake.set()
-            return index
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            with self._guard:
-                indexes = list(self._indexes.items())
-            for key, index in indexes:
-                try:
-                    index.refresh()
-                except NotFoundError:
-                    with self._guard:  # the collection was deleted: forget its index
-                        self._indexes.pop(key, None)
-                except (StoreError, psycopg.Error, ValueError) as e:
-                    log.warning("dense index %s/%s not refreshed (searches use PostgreSQL "
-                                "until it is built): %s", key.tenant, key.collection,
-                                first_line(e))
+    def _make(self, key: IndexKey) -> DenseIndex:
+        return DenseIndex(self._db, key=key, stop=self._stop)

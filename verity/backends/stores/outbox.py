@@ -11,12 +11,18 @@ PostgreSQL holds), so a process killed mid-update starts again from its last hor
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import psycopg
 
-from verity.backends.stores.database import Database
+from verity.backends.stores.database import Database, first_line
+from verity.core.errors import NotFoundError, StoreError
+
+log = logging.getLogger(__name__)
 
 KEEP_CHANGES_S = 7 * 24 * 3600.0
 """How long outbox rows are kept: an index that has applied nothing for longer is rebuilt."""
@@ -114,3 +120,129 @@ def prune_changes(db: Database, *, keep_s: float = KEEP_CHANGES_S) -> None:
     """Delete outbox rows older than ``keep_s`` seconds, recording the newest transaction pruned."""
     with db.pool.connection() as conn:
         conn.execute(_PRUNE, {"keep_s": keep_s})
+
+
+# --- The indexes of one process, and the thread that keeps them fresh ----------------------
+
+_COLLECTION_ID = "SELECT id FROM collections WHERE tenant = %(tenant)s AND name = %(name)s"
+_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
+
+
+class FollowingIndex(Protocol):
+    """One collection's index derived from PostgreSQL."""
+
+    key: IndexKey
+    horizon: int | None
+    lag: Lag | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    def refresh(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+IndexT = TypeVar("IndexT", bound=FollowingIndex)
+
+
+class Followers(Generic[IndexT]):
+    """The indexes of one kind this process holds, by collection, kept fresh from the outbox by
+    one background thread that wakes every ``poll_s`` seconds or when asked to.
+
+    Subclasses make an index for a collection (:meth:`_make`) and may do more each round
+    (:meth:`_each_round`). A collection's index is made on its first use and built by the
+    thread; an index whose collection was deleted is dropped.
+    """
+
+    kind = "derived"
+    """How the indexes are named in logs: ``lexical``, ``dense``."""
+
+    def __init__(self, db: Database, *, poll_s: float) -> None:
+        self._db = db
+        self._poll_s = poll_s
+        self._indexes: dict[IndexKey, IndexT] = {}
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{self.kind}-index", daemon=True)
+        self._thread.start()
+
+    def _make(self, key: IndexKey) -> IndexT:
+        raise NotImplementedError
+
+    def _each_round(self) -> None:
+        """Work of the thread's every round, before the indexes are refreshed."""
+
+    def wait_collection(self, *, tenant: str, collection: str, timeout_s: float = 600.0) -> bool:
+        """Whether ``tenant``'s collection's index became ready, caught up with every write
+        committed before this call, within ``timeout_s`` (an evaluation waits for it so that
+        PostgreSQL's fallback answers none of its queries).
+
+        Raises:
+            NotFoundError: the tenant has no collection of that name.
+        """
+        with self._db.pool.connection() as conn:
+            row = conn.execute(_COLLECTION_ID, {"tenant": tenant, "name": collection}).fetchone()
+            if row is None:
+                raise NotFoundError(f"collection {collection!r} does not exist")
+            target = conn.execute(_NEXT_XID).fetchone()
+        assert target is not None
+        index = self._get(IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0])))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if index.ready and index.horizon is not None and index.horizon >= int(target[0]):
+                return True
+            self._wake.set()
+            time.sleep(0.02)
+        return False
+
+    def lag(self) -> dict[str, Lag | None]:
+        """How far each index is behind, by ``tenant/collection`` (``None`` until it is built)."""
+        with self._guard:
+            return {f"{k.tenant}/{k.collection}": i.lag for k, i in self._indexes.items()}
+
+    def close(self) -> None:
+        """Stop the thread (a build in progress is abandoned) and release the indexes."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        with self._guard:
+            for index in self._indexes.values():
+                index.close()
+            self._indexes.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get(self, key: IndexKey) -> IndexT:
+        with self._guard:
+            index = self._indexes.get(key)
+            if index is None:
+                index = self._indexes[key] = self._make(key)
+                self._wake.set()
+            return index
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._each_round()
+            with self._guard:
+                indexes = list(self._indexes.items())
+            for key, index in indexes:
+                try:
+                    index.refresh()
+                except NotFoundError:
+                    with self._guard:  # the collection was deleted: forget its index
+                        self._indexes.pop(key, None)
+                    index.close()
+                except (StoreError, psycopg.Error, ValueError, OSError) as e:
+                    log.warning("%s index %s/%s not refreshed (searches use PostgreSQL "
+                                "meanwhile): %s", self.kind, key.tenant, key.collection,
+                                first_line(e))

@@ -41,12 +41,12 @@ import psycopg
 import tantivy
 
 from verity.backends.stores.database import Database, first_line
+from verity.backends.stores.outbox import Followers, lag, read_changes
 from verity.backends.stores.outbox import IndexKey as IndexKey
 from verity.backends.stores.outbox import Lag as Lag
 from verity.backends.stores.outbox import horizon as outbox_horizon
-from verity.backends.stores.outbox import lag, read_changes
 from verity.backends.stores.outbox import prune_changes as prune_changes
-from verity.core.errors import NotFoundError, StoreError
+from verity.core.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,6 @@ FROM chunks k JOIN documents d ON d.id = k.document_id
 LEFT JOIN chunk_postings p ON p.chunk_id = k.id
 WHERE k.collection_id = %(collection_id)s
 """
-_COLLECTION_ID = "SELECT id FROM collections WHERE tenant = %(tenant)s AND name = %(name)s"
-_NEXT_XID = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
 
 def _schema() -> tantivy.Schema:
     b = tantivy.SchemaBuilder()
@@ -333,23 +331,21 @@ def _read_meta(index: tantivy.Index) -> tuple[int, int]:
     return int(meta["horizon"][0]), int(meta["collection_id"][0])
 
 
-class LexicalIndexes:
-    """This process's lexical indexes, kept fresh by one background thread.
+class LexicalIndexes(Followers[LexicalIndex]):
+    """This process's lexical indexes, kept fresh by one background thread, which also prunes
+    old outbox rows once an hour.
 
     Example:
         >>> with LexicalIndexes(db, root=data_dir / "lexical") as indexes:
         ...     indexes.search(key, terms=["cell"], groups=None, top_k=10)
     """
 
+    kind = "lexical"
+
     def __init__(self, db: Database, *, root: Path, poll_s: float = 0.2) -> None:
-        self._db = db
         self._root = root
-        self._poll_s = poll_s
-        self._indexes: dict[IndexKey, LexicalIndex] = {}
-        self._guard = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lexical-index", daemon=True)
-        self._thread.start()
+        self._next_prune = time.monotonic()
+        super().__init__(db, poll_s=poll_s)
 
     def search(self, key: IndexKey, *, terms: Sequence[str], groups: Sequence[str] | None,
                top_k: int) -> list[tuple[str, float]] | None:
@@ -369,72 +365,16 @@ class LexicalIndexes:
             time.sleep(0.02)
         return index.ready
 
-    def wait_collection(self, *, tenant: str, collection: str, timeout_s: float = 600.0) -> bool:
-        """Whether ``tenant``'s collection's index became ready, caught up with every write
-        committed before this call, within ``timeout_s`` (an evaluation waits for it so that
-        PostgreSQL's fallback answers none of its queries).
+    def _make(self, key: IndexKey) -> LexicalIndex:
+        return LexicalIndex(self._db, root=self._root, key=key, stop=self._stop)
 
-        Raises:
-            NotFoundError: the tenant has no collection of that name.
-        """
-        with self._db.pool.connection() as conn:
-            row = conn.execute(_COLLECTION_ID, {"tenant": tenant, "name": collection}).fetchone()
-            if row is None:
-                raise NotFoundError(f"collection {collection!r} does not exist")
-            target = conn.execute(_NEXT_XID).fetchone()
-        assert target is not None
-        index = self._get(IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0])))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if index.ready and index.horizon is not None and index.horizon >= int(target[0]):
-                return True
-            time.sleep(0.02)
-        return False
-
-    def lag(self) -> dict[str, Lag | None]:
-        """How far each index is behind, by ``tenant/collection`` (``None`` until it is built)."""
+    def _each_round(self) -> None:
         with self._guard:
-            return {f"{k.tenant}/{k.collection}": i.lag for k, i in self._indexes.items()}
-
-    def close(self) -> None:
-        """Stop the refresh thread (a build in progress is abandoned within a thousand chunks)
-        and release the indexes."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        with self._guard:
-            for index in self._indexes.values():
-                index.close()
-            self._indexes.clear()
-
-    def __enter__(self) -> LexicalIndexes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _get(self, key: IndexKey) -> LexicalIndex:
-        with self._guard:
-            index = self._indexes.get(key)
-            if index is None:
-                index = self._indexes[key] = LexicalIndex(self._db, root=self._root, key=key,
-                                                          stop=self._stop)
-            return index
-
-    def _run(self) -> None:
-        next_prune = time.monotonic()
-        while not self._stop.wait(self._poll_s):
-            with self._guard:
-                indexes = list(self._indexes.values())
-            if indexes and time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + _PRUNE_EVERY_S
-                try:
-                    prune_changes(self._db)
-                except (StoreError, psycopg.Error) as e:
-                    log.warning("old outbox changes not pruned: %s", first_line(e))
-            for index in indexes:
-                try:
-                    index.refresh()
-                except (StoreError, psycopg.Error, ValueError, OSError) as e:
-                    log.warning("lexical index %s/%s not refreshed (searches use PostgreSQL "
-                                "meanwhile): %s", index.key.tenant, index.key.collection,
-                                first_line(e))
+            idle = not self._indexes
+        if idle or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + _PRUNE_EVERY_S
+        try:
+            prune_changes(self._db)
+        except (StoreError, psycopg.Error) as e:
+            log.warning("old outbox changes not pruned: %s", first_line(e))
