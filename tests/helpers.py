@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -302,3 +303,22 @@ def save_eval_reports(root: Path) -> dict[str, str]:
     write_retrieval_reports(result, provenance(data), root / "retrieval-scifact", data)
     names["retrieval"] = "retrieval-scifact/retrieval"
     return names
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def spawn_script(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -c script args`` in the repository, once it has printed ``ready``; killed after.
+
+    The replicas of the index tests are such scripts: another process on the same database.
+    """
+    process = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                               text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        yield process
+    finally:
+        process.kill()
+        process.wait()

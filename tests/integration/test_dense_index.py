@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.conformance.store import (
     writing,
 )
 from tests.conftest import make_settings
+from tests.helpers import spawn_script
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores import dense_index
 from verity.backends.stores.database import Database
@@ -40,7 +40,6 @@ from verity.core.types import SearchFilter, chunk_id
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -194,19 +193,11 @@ while True:
 """
 
 
-@contextmanager
 def spawn_replica(database: Database, *, root: Path, key: IndexKey,
-                  groups: tuple[str, ...] | None = None) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", REPLICA, database.conninfo, str(root), key.tenant, key.collection,
-         str(key.collection_id), ",".join(groups or ())],
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield process
-    finally:
-        process.kill()
-        process.wait()
+                  groups: tuple[str, ...] | None = None
+                  ) -> AbstractContextManager[subprocess.Popen[str]]:
+    return spawn_script(REPLICA, database.conninfo, str(root), key.tenant, key.collection,
+                        str(key.collection_id), ",".join(groups or ()))
 
 
 def test_writes_deletes_and_acl_changes_reach_a_second_process_within_a_second(

@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conformance.store import DIM, MODEL, write
 from tests.conftest import make_settings
-from tests.helpers import VERITY, cli_env
+from tests.helpers import VERITY, cli_env, spawn_script
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.database import Database
@@ -85,21 +84,13 @@ def eventually(check: Callable[[], bool], *, within_s: float = 1.0) -> bool:
     return check()
 
 
-@contextmanager
 def spawn_replica(database: Database, *, root: Path, key: IndexKey, term: str,
-                  groups: tuple[str, ...] | None = None) -> Iterator[subprocess.Popen[str]]:
+                  groups: tuple[str, ...] | None = None
+                  ) -> AbstractContextManager[subprocess.Popen[str]]:
     """A second process running :data:`REPLICA` with data directory ``root``, once ready; it
     searches as a caller in ``groups`` (unfiltered if ``None``)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", REPLICA, database.conninfo, str(root), key.tenant, key.collection,
-         str(key.collection_id), term, ",".join(groups or ())],
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield process
-    finally:
-        process.kill()
-        process.wait()
+    return spawn_script(REPLICA, database.conninfo, str(root), key.tenant, key.collection,
+                        str(key.collection_id), term, ",".join(groups or ()))
 
 
 @pytest.fixture
