@@ -4,13 +4,17 @@ docs, and the llm-judge against the local llama.cpp server."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ingest.pipeline import IngestPipeline
-from tests.conftest import DOCS
+from tests.conftest import DOCS, make_settings
+from verity.answering.runtime import start_generator
 from verity.backends.embedders import LocalEmbedder
 from verity.backends.llama_server import LlamaCppServer
 from verity.backends.models import resolve_embedder
@@ -22,7 +26,7 @@ from verity.backends.rerankers import (
 )
 from verity.backends.stores.pgvector_store import PgvectorStore
 from verity.core.prompts import PromptLibrary
-from verity.core.settings import BUNDLED_EMBEDDER, ChunkingSettings, RerankSettings
+from verity.core.settings import BUNDLED_EMBEDDER, ChunkingSettings, LLMSettings, RerankSettings
 from verity.core.types import Chunk, ScoredChunk
 from verity.tuner.reranker import REPORT_NAME, TuneOptions, load_heldout, tune_reranker
 
@@ -83,14 +87,45 @@ def test_cross_encoder_loads_the_tuned_model_by_default(
     assert [h.score for h in ranked] == sorted((h.score for h in ranked), reverse=True)
 
 
+@pytest.fixture(scope="module")
+def judge_server(data_dir: Path) -> Iterator[LlamaCppServer]:
+    """A model server that returns log-probabilities (the shared one does not: it reads
+    prompts faster without them)."""
+    with LlamaCppServer(LLMSettings(), data_dir=data_dir, logprobs=True) as server:
+        yield server
+
+
+def test_the_default_server_reads_prompts_without_logits_for_every_token(
+    llm_server: LlamaCppServer, judge_server: LlamaCppServer,
+) -> None:
+    def logprobs(server: LlamaCppServer) -> int:
+        return httpx.post(f"{server.base_url}/chat/completions", timeout=180, json={
+            "model": server.model_name, "max_tokens": 1, "logprobs": True, "top_logprobs": 2,
+            "messages": [{"role": "user", "content": "Say yes."}]}).status_code
+
+    assert logprobs(llm_server) >= 400  # refused: no logits kept for the prompt
+    assert logprobs(judge_server) == 200
+
+
+def test_a_local_llm_judge_gets_a_server_that_returns_log_probabilities(data_dir: Path) -> None:
+    settings = make_settings(data_dir, rerank=RerankSettings(kind="llm-judge"))
+    with ExitStack() as stack:
+        _, server = start_generator(settings, stack)
+        assert server is not None
+        r = httpx.post(f"{server.base_url}/chat/completions", timeout=180, json={
+            "model": server.model_name, "max_tokens": 1, "logprobs": True, "top_logprobs": 2,
+            "messages": [{"role": "user", "content": "Say yes."}]})
+        assert r.status_code == 200, r.text
+
+
 def test_llm_judge_scores_probabilities_and_prefers_the_relevant_passage(
-    llm_server: LlamaCppServer,
+    judge_server: LlamaCppServer,
 ) -> None:
     # One request at a time, with a generous timeout: the test machine's CPU is shared.
-    settings = RerankSettings(kind="llm-judge", model=llm_server.model_name, batch_size=1,
+    settings = RerankSettings(kind="llm-judge", model=judge_server.model_name, batch_size=1,
                               timeout_s=180)
     judge = LlmJudgeReranker(settings,
-                             base_url=llm_server.base_url, prompts=PromptLibrary.load())
+                             base_url=judge_server.base_url, prompts=PromptLibrary.load())
     relevant = _hit(0, "Scurvy is caused by a lack of vitamin C. Eating citrus fruit such as "
                        "lemons and limes prevents scurvy.")
     irrelevant = _hit(1, "The quarterly sales report shows revenue growth in the retail "

@@ -84,7 +84,10 @@ def start_generator(settings: Settings, stack: ExitStack) -> tuple[CircuitBreake
     failures, reset_s = settings.llm.breaker_failures, settings.llm.breaker_reset_s
     if settings.llm.base_url:
         return CircuitBreaker(OpenAIChatGenerator(settings.llm), failures=failures, reset_s=reset_s), None
-    server = LlamaCppServer(settings.llm, data_dir=settings.data_dir)
+    # The LLM-judge reranker asks the generator's server for log-probabilities unless it has
+    # a server of its own.
+    judge = settings.rerank.kind == "llm-judge" and not settings.rerank.url
+    server = LlamaCppServer(settings.llm, data_dir=settings.data_dir, logprobs=judge)
     stack.enter_context(server)
     log.info("local llama.cpp server on %s (pid %s)", server.base_url, server.pid)
     llm = settings.llm.model_copy(update={"model": settings.llm.model or server.model_name})
