@@ -288,6 +288,9 @@ class LlamaCppServer:
             # Log-probabilities need the logits of every prompt token, which costs a third of
             # prefill (the output layer is large: a 152k-token vocabulary): only on request.
             "--logits_all", str(self._logprobs),
+            # Flash attention reads prompts about 11% faster on the CPU (246 against 222
+            # tokens/s for 865 tokens, docs/BENCHMARKS.md).
+            "--flash_attn", "True",
         ]
 
     def _spawn(self) -> None:
