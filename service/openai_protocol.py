@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from service.protocol import CitationModel
 
@@ -56,7 +56,7 @@ class ChatCompletionRequest(BaseModel):
                        description="the collection to answer from")
     messages: list[ChatMessage] = Field(min_length=1, max_length=100,
                                         json_schema_extra={"contains": _USER_TEXT})
-    stream: bool = False
+    stream: StrictBool = False
     temperature: float | None = Field(default=None, ge=0, le=2, description="ignored")
     max_tokens: int | None = Field(default=None, ge=1, description="ignored")
 

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -194,10 +195,10 @@ class QueryRequest(RetrievalOptions):
         description="earlier turns of the conversation, oldest first: a follow-up question is "
                     "rewritten into a standalone one with them before retrieval (see the trace's "
                     "'conversation')")
-    crag: bool | None = Field(
+    crag: StrictBool | None = Field(
         default=None, description="corrective RAG: grade retrieval, refine, re-retrieve or "
                                   "abstain; default: the server's setting")
-    stream: bool = Field(
+    stream: StrictBool = Field(
         default=False, description="server-sent events: token deltas, then citations and trace")
 
 
@@ -364,7 +365,7 @@ class JobList(BaseModel):
 
 
 class ReindexRequest(BaseModel):
-    re_embed: bool = Field(
+    re_embed: StrictBool = Field(
         default=False, description="compute every chunk's vector again with the server's "
                                    "embedder, as a job (202), instead of rebuilding the index")
 
@@ -503,7 +504,8 @@ class CreateKeyRequest(_Request):
                       description="a label, e.g. the app using it")
     groups: list[GroupName] = Field(default_factory=list, max_length=50,
                                     description="the ACL groups of its caller")
-    admin: bool = Field(default=False, description="may manage keys, collections and documents")
+    admin: StrictBool = Field(default=False,
+                              description="may manage keys, collections and documents")
 
 
 class CreatedKey(BaseModel):

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.protocol import SearchRequest
 from verity.core.types import MetadataCondition
@@ -45,3 +45,21 @@ def test_filter_schema_spells_out_the_operators() -> None:
     assert gt["required"] == ["gt"] and gt["additionalProperties"] is False
     assert {"type": "boolean"} not in gt["properties"]["gt"]["anyOf"]
     assert schema["properties"]["filters"]["propertyNames"]["maxLength"] == 100
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.0, 1.0, "true", "no"])
+def test_switches_take_json_booleans_only(value: object) -> None:
+    # The schema says boolean; a lenient parser would take 0.0 as false (the fuzzer sent it).
+    from service.openai_protocol import ChatCompletionRequest
+    from service.protocol import CreateKeyRequest, QueryRequest, ReindexRequest
+
+    cases: list[tuple[type[BaseModel], dict[str, object]]] = [
+                        (QueryRequest, {"question": "q", "crag": value}),
+                        (QueryRequest, {"question": "q", "stream": value}),
+                        (ReindexRequest, {"re_embed": value}),
+                        (CreateKeyRequest, {"name": "k", "admin": value}),
+                        (ChatCompletionRequest, {"model": "docs", "stream": value,
+                                                 "messages": [{"role": "user", "content": "q"}]})]
+    for model, body in cases:
+        with pytest.raises(ValidationError):
+            model.model_validate(body)
