@@ -182,15 +182,17 @@ class RagPipeline:
 
         if cfg.mode == "bm25":
             return lexical_half()
-        # Hybrid: BM25 runs beside the query's embedding and dense search, so the first stage
-        # takes about the slower of the two, not their sum.
+        with timer.stage("embed_ms"):
+            query = self.embedder.embed_query(question)
+        # Checked before the halves split, so a missing collection or a lost connection fails
+        # the request here, the same way every time.
+        self._check_vectors(collection)
+        # Hybrid: BM25 runs beside dense search, so the first stage takes about the slower of
+        # the two, not their sum.
         side: Future[list[ScoredChunk]] | None = (
             _LEXICAL_HALF.submit(contextvars.copy_context().run, lexical_half)
             if cfg.mode == "hybrid" else None)  # the request's context (ids, spans) goes along
         try:
-            with timer.stage("embed_ms"):
-                query = self.embedder.embed_query(question)
-            self._check_vectors(collection)
             with timer.stage("dense_ms"):
                 dense = self.store.search_dense(collection=collection, query=query, top_k=pool,
                                                 mode=cfg.dense_mode, oversample=cfg.oversample,
