@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from verity.backends.stores.database import Database
-from verity.backends.stores.faiss_search import load_faiss
+from verity.backends.stores.faiss_search import load_faiss, rescore_float
 from verity.backends.stores.outbox import Followers, IndexKey, Lag, lag, read_changes
 from verity.backends.stores.outbox import horizon as outbox_horizon
 from verity.core.errors import NotFoundError
@@ -250,11 +250,8 @@ class DenseIndex:
                 found = np.arange(rows.n) if mask is None else np.flatnonzero(mask)
             else:
                 found = _nearest_codes(rows, query, mask=mask, k=candidates)
-            scores = rows.vectors[found].astype(np.float32) @ query.astype(np.float32)
-            k = min(top_k, len(found))
-            best = np.argpartition(-scores, k - 1)[:k] if k < len(found) else np.arange(len(found))
-            best = best[np.argsort(-scores[best], kind="stable")]
-            return [(rows.chunk_ids[int(found[i])], float(scores[i])) for i in best]
+            best, scores = rescore_float(query, rows.vectors[found], found, top_k=top_k)
+            return [(rows.chunk_ids[r], float(s)) for r, s in zip(best.tolist(), scores, strict=True)]
 
     def _build(self) -> None:
         """Read every chunk from one snapshot into fresh arrays, then swap them in."""
