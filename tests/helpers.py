@@ -322,3 +322,16 @@ def spawn_script(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     finally:
         process.kill()
         process.wait()
+
+
+def drained_worker(runtime: Any, *, poll_interval_s: float = 0.1) -> Any:
+    """An upload worker for ``runtime``'s database and embedder, after it has run the jobs
+    other tests left queued (they would run first and hold it up)."""
+    from ingest.worker import IngestWorker
+    from verity.core.settings import WorkerSettings
+
+    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
+                          chunking=runtime.settings.chunking,
+                          settings=WorkerSettings(poll_interval_s=poll_interval_s))
+    worker.run_pending()
+    return worker

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 
 from ingest.worker import IngestWorker
 from tests.clients import bearer, keyed_client
+from tests.helpers import drained_worker
 from verity.answering.runtime import Runtime
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.jobs import CANCELLED
-from verity.core.settings import WorkerSettings
 from verity.core.types import Job
 
 pytestmark = pytest.mark.integration
@@ -45,10 +45,7 @@ def client(retrieval_runtime: Runtime) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def worker(retrieval_runtime: Runtime) -> Iterator[IngestWorker]:
-    w = IngestWorker(db=retrieval_runtime.db, embedder=retrieval_runtime.embedder,
-                     chunking=retrieval_runtime.settings.chunking,
-                     settings=WorkerSettings(poll_interval_s=0.1))
-    w.run_pending()  # jobs other modules left queued would run first
+    w: IngestWorker = drained_worker(retrieval_runtime)
     yield w
     w.run_pending()
 

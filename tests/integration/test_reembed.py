@@ -19,6 +19,7 @@ from ingest.pipeline import IngestPipeline
 from ingest.reembed import Reembedder
 from ingest.worker import IngestWorker
 from tests.clients import bearer, keyed_client
+from tests.helpers import drained_worker
 from verity.answering.runtime import Runtime
 from verity.backends.embedders import LocalEmbedder
 from verity.backends.onnx_embedder import OnnxEmbedder
@@ -209,9 +210,7 @@ def test_the_api_queues_a_re_embed_job_for_admins_of_the_tenant(
     stranger = keys.create(tenant=f"{tenant}-x", is_admin=True)[0]
     store = PgvectorStore(runtime.db, tenant=tenant)
     _ingest(store, float32_embedder, collection)
-    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
-                          chunking=runtime.settings.chunking, settings=WorkerSettings())
-    worker.run_pending()  # jobs other modules left queued would run first
+    worker = drained_worker(runtime, poll_interval_s=1.0)
     url, body = f"/v1/collections/{collection}/reindex", {"re_embed": True}
 
     assert api.post(url, json=body, headers=bearer(reader)).status_code == 403

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from ingest.worker import IngestWorker
 from service.app import create_app
-from tests.helpers import make_pdf, serve_app
+from tests.helpers import drained_worker, make_pdf, serve_app
 from tests.integration.conftest import axe_violations
 from verity.answering.runtime import Runtime
 from verity.backends.stores.api_keys import ApiKeys
-from verity.core.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +50,7 @@ def test_upload_follow_cancel_retry_delete_and_reindex_in_a_real_browser(
     runtime = retrieval_runtime
     collection = f"library-{uuid.uuid4().hex[:8]}"
     key = ApiKeys(runtime.db).create(tenant=runtime.store.tenant, is_admin=True)[0]
-    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
-                          chunking=runtime.settings.chunking,
-                          settings=WorkerSettings(poll_interval_s=0.1))
-    worker.run_pending()  # jobs other modules left queued would run first
+    worker = drained_worker(runtime)
     app = create_app(runtime.settings, runtime=runtime)
     app.state.runtime = runtime
     page = browser_page
@@ -163,10 +158,7 @@ def test_a_documents_chunks_expand_and_a_collection_is_re_embedded_in_a_real_bro
                             ).ingest_documents([doc], collection=collection)
     assert report.ok and report.chunks_written > 20, report
     chunks = report.chunks_written
-    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
-                          chunking=runtime.settings.chunking,
-                          settings=WorkerSettings(poll_interval_s=0.1))
-    worker.run_pending()  # jobs other modules left queued would run first
+    worker = drained_worker(runtime)
     app = create_app(runtime.settings, runtime=runtime)
     app.state.runtime = runtime
     page = browser_page

@@ -16,12 +16,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest.worker import IngestWorker
 from service.app import create_app
-from tests.helpers import make_pdf, serve_app
+from tests.helpers import drained_worker, make_pdf, serve_app
 from tests.integration.conftest import axe_violations
 from verity.answering.runtime import Runtime
-from verity.core.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +87,7 @@ def test_a_pdf_citation_shows_its_page_with_the_passage_highlighted(
     runtime: Runtime, browser_page: Any, tmp_path: Path
 ) -> None:
     collection = f"pdf-{uuid.uuid4().hex[:8]}"
-    worker = IngestWorker(db=runtime.db, embedder=runtime.embedder,
-                          chunking=runtime.settings.chunking,
-                          settings=WorkerSettings(poll_interval_s=0.1))
-    worker.run_pending()  # jobs other modules left queued would run first
+    worker = drained_worker(runtime)
     app = create_app(runtime.settings, runtime=runtime)
     app.state.runtime = runtime
     page = browser_page
