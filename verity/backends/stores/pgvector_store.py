@@ -22,8 +22,10 @@ from verity.backends.stores.collection_vectors import query_compatible as query_
 from verity.backends.stores.collection_vectors import query_refusal, read_state, write_refusal
 from verity.backends.stores.collection_vectors import vectors_compatible as vectors_compatible
 from verity.backends.stores.database import Database, first_line
+from verity.backends.stores.dense_index import MIN_CANDIDATES, DenseIndexes
 from verity.backends.stores.filters import compile_filter
 from verity.backends.stores.hits import in_order, scored_hit, visible_hits
+from verity.backends.stores.outbox import IndexKey, latest_change
 from verity.backends.stores.pgvector_write import lexical_text as lexical_text
 from verity.backends.stores.pgvector_write import refused, write_problem, write_rows
 from verity.core.errors import ConfigError, ConflictError, NotFoundError, RagError
@@ -41,7 +43,6 @@ from verity.core.types import (
 )
 
 if TYPE_CHECKING:
-    from verity.backends.stores.dense_index import DenseIndexes
     from verity.backends.stores.tantivy_index import LexicalIndexes
 
 log = logging.getLogger(__name__)
@@ -342,9 +343,6 @@ class PgvectorStore:
         must answer (no index, metadata conditions it does not hold, or not built yet)."""
         if self._dense is None or (where is not None and where.conditions):
             return None
-        from verity.backends.stores.dense_index import MIN_CANDIDATES
-        from verity.backends.stores.outbox import IndexKey, latest_change
-
         scores = self._dense.search(
             IndexKey(tenant=self.tenant, collection=collection, collection_id=cid),
             query=query, groups=None if where is None else where.groups, top_k=top_k,
@@ -398,8 +396,6 @@ class PgvectorStore:
         """BM25 hits from the tantivy index, or ``None`` when PostgreSQL must answer."""
         if self._lexical is None or (where is not None and where.conditions):
             return None  # metadata conditions are not in the index
-        from verity.backends.stores.outbox import IndexKey
-
         with self._db.pool.connection() as conn:
             cid, _, _ = self._collection(conn, collection)
             key = IndexKey(tenant=self.tenant, collection=collection, collection_id=cid)
