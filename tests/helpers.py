@@ -335,3 +335,20 @@ def drained_worker(runtime: Any, *, poll_interval_s: float = 0.1) -> Any:
                           settings=WorkerSettings(poll_interval_s=poll_interval_s))
     worker.run_pending()
     return worker
+
+
+def indexed_store(database: Any, *, tenant: str, collection: str, lexical: Any = None,
+                  dense: Any = None) -> tuple[Any, Any]:
+    """A store of ``tenant`` over the indexes given, with an empty ``collection`` of the
+    conformance suite's vectors, and the key the indexes know that collection by."""
+    from tests.conformance.store import DIM, MODEL
+    from verity.backends.stores.outbox import IndexKey
+    from verity.backends.stores.pgvector_store import PgvectorStore
+
+    store = PgvectorStore(database, tenant=tenant, lexical=lexical, dense=dense)
+    store.ensure_collection(collection, embed_model=MODEL, embed_dim=DIM)
+    with database.pool.connection() as conn:
+        row = conn.execute("SELECT id FROM collections WHERE tenant = %s AND name = %s",
+                           (tenant, collection)).fetchone()
+    assert row is not None
+    return store, IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0]))

@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from tests.conformance.store import (
     DIM,
-    MODEL,
     QUERY,
     StoreConformance,
     StoreFactory,
@@ -28,7 +27,7 @@ from tests.conformance.store import (
     writing,
 )
 from tests.conftest import make_settings
-from tests.helpers import spawn_script
+from tests.helpers import indexed_store, spawn_script
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores import dense_index
 from verity.backends.stores.database import Database
@@ -64,14 +63,11 @@ def indexes(database: Database) -> Iterator[DenseIndexes]:
 
 def _setup(database: Database, indexes: DenseIndexes | None, collection: str
            ) -> tuple[PgvectorStore, IndexKey]:
-    tenant = f"dense-{uuid.uuid4().hex[:8]}"
-    store = PgvectorStore(database, tenant=tenant, dense=indexes)
-    store.ensure_collection(collection, embed_model=MODEL, embed_dim=DIM)
-    with database.pool.connection() as conn:
-        row = conn.execute("SELECT id FROM collections WHERE tenant = %s AND name = %s",
-                           (tenant, collection)).fetchone()
-    assert row is not None
-    return store, IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0]))
+    store: PgvectorStore
+    key: IndexKey
+    store, key = indexed_store(database, tenant=f"dense-{uuid.uuid4().hex[:8]}",
+                               collection=collection, dense=indexes)
+    return store, key
 
 
 def _random_unit(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from ingest.pipeline import IngestPipeline
 from service.app import create_app
 from tests.conformance.store import DIM, MODEL, write
 from tests.conftest import make_settings
-from tests.helpers import VERITY, cli_env, spawn_script
+from tests.helpers import VERITY, cli_env, indexed_store, spawn_script
 from verity.answering.runtime import Runtime, open_runtime
 from verity.backends.stores.api_keys import ApiKeys
 from verity.backends.stores.database import Database
@@ -106,13 +106,10 @@ def indexes(database: Database, tmp_path: Path) -> Iterator[LexicalIndexes]:
 
 def _setup(database: Database, *, tenant: str, collection: str,
            lexical: LexicalIndexes | None) -> tuple[PgvectorStore, IndexKey]:
-    store = PgvectorStore(database, tenant=tenant, lexical=lexical)
-    store.ensure_collection(collection, embed_model=MODEL, embed_dim=DIM)
-    with database.pool.connection() as conn:
-        row = conn.execute("SELECT id FROM collections WHERE tenant = %s AND name = %s",
-                           (tenant, collection)).fetchone()
-    assert row is not None
-    return store, IndexKey(tenant=tenant, collection=collection, collection_id=int(row[0]))
+    store: PgvectorStore
+    key: IndexKey
+    store, key = indexed_store(database, tenant=tenant, collection=collection, lexical=lexical)
+    return store, key
 
 
 def _ids(indexes: LexicalIndexes, key: IndexKey, term: str, *,
