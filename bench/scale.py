@@ -331,11 +331,14 @@ def store_searches(stores: dict[str, PgvectorStore], corpus: Corpus, faiss_index
     return searches
 
 
+_HALVES = ThreadPoolExecutor(max_workers=2)
+"""Runs hybrid's two halves side by side; one for the whole run, as the pipeline keeps one."""
+
+
 def memory_searches(store: PgvectorStore, corpus: Corpus, where: SearchFilter | None
                     ) -> dict[str, Search]:
     """The in-memory dense index alone, and hybrid with it: its halves one after the other,
     and side by side in two threads."""
-    pool = ThreadPoolExecutor(max_workers=2)
 
     def dense(i: int, top_k: int) -> list[ScoredChunk]:
         return store.search_dense(collection=COLLECTION, query=corpus.query_vectors[i],
@@ -350,7 +353,7 @@ def memory_searches(store: PgvectorStore, corpus: Corpus, where: SearchFilter | 
         return ids(reciprocal_rank_fusion([lexical(i), dense(i, CANDIDATES)], top_k=TOP_K))
 
     def parallel(i: int) -> list[str]:
-        halves = pool.submit(lexical, i), pool.submit(dense, i, CANDIDATES)
+        halves = _HALVES.submit(lexical, i), _HALVES.submit(dense, i, CANDIDATES)
         return ids(reciprocal_rank_fusion([h.result() for h in halves], top_k=TOP_K))
 
     return {"dense memory index": lambda i: ids(dense(i, TOP_K)),
