@@ -83,3 +83,18 @@ def test_empty_collection_gives_an_empty_index(tmp_path: Path) -> None:
     index.save(tmp_path)
     loaded = FaissIndex.load(tmp_path)
     assert loaded is not None and len(loaded) == 0
+
+
+def test_sign_bits_are_sentence_transformers_ubinary() -> None:
+    # quantize_binary packs the bits itself (no sentence-transformers import on the query
+    # path); the codes must stay the ones sentence-transformers and pgvector make.
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    rng = np.random.default_rng(3)
+    for dim in (13, 16, 384):
+        vectors = rng.standard_normal((40, dim)).astype(np.float32)
+        vectors[0] = 0.0  # zero is not positive: bit 0
+        expected = np.asarray(quantize_embeddings(vectors, precision="ubinary"), dtype=np.uint8)
+        assert np.array_equal(quantize_binary(vectors), expected)
+        assert np.array_equal(quantize_binary(vectors.astype(np.float16)), expected)
+    assert quantize_binary(np.zeros((0, 384), np.float32)).shape == (0, 48)

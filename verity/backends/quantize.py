@@ -2,7 +2,7 @@
 
 Thin wrappers over sentence-transformers' ``quantize_embeddings`` so the
 precision is explicit and the int8 calibration ranges are returned to be
-stored with the index.
+stored with the index; the sign bits are packed with numpy directly.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ def quantize_binary(embeddings: np.ndarray) -> np.ndarray:
     """Sign bits packed 8 per byte (``ubinary``): shape ``(n, ceil(d / 8))``, uint8.
 
     Bit ``i`` is 1 where component ``i`` is positive, the same rule as
-    pgvector's ``binary_quantize``.
+    pgvector's ``binary_quantize``. This is what sentence-transformers' ``ubinary`` computes
+    (``np.packbits(embeddings > 0)``), done here directly: it is on the query path of the
+    in-memory dense index, where importing sentence-transformers would cost seconds.
     """
-    quantize_embeddings = _st_quantize()
     if embeddings.ndim != 2:
         raise ValueError(f"expected a 2-d array of embeddings, got shape {embeddings.shape}")
-    if len(embeddings) == 0:
-        return np.zeros((0, (embeddings.shape[1] + 7) // 8), dtype=np.uint8)
-    return np.asarray(quantize_embeddings(embeddings, precision="ubinary"), dtype=np.uint8)
+    return np.packbits(embeddings > 0, axis=1)
 
 
 def int8_ranges(embeddings: np.ndarray) -> np.ndarray:

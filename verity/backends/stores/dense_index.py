@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from verity.backends.quantize import quantize_binary
 from verity.backends.stores.database import Database
 from verity.backends.stores.faiss_search import load_faiss, rescore_float
 from verity.backends.stores.outbox import Followers, IndexKey, Lag, lag, read_changes
@@ -59,11 +60,6 @@ SELECT k.id, k.document_id, d.acl_groups, k.embedding
 FROM chunks k JOIN documents d ON d.id = k.document_id
 WHERE k.collection_id = %(collection_id)s
 """
-
-
-def sign_bits(vectors: np.ndarray) -> np.ndarray:
-    """Packed sign bits (1 where a component is positive), ``(n, ceil(dim / 8))`` uint8."""
-    return np.packbits(vectors > 0, axis=-1)
 
 
 class _ReadWriteLock:
@@ -132,7 +128,7 @@ class _Rows:
             self.alive = _grown(self.alive, (capacity,), bool)
             self.acl = _grown(self.acl, (capacity,), np.int32)
         block = np.asarray(vectors, dtype=np.float16)
-        self.binary.add(np.ascontiguousarray(sign_bits(block)))
+        self.binary.add(np.ascontiguousarray(quantize_binary(block)))
         self.vectors[self.n:self.n + m] = block
         self.alive[self.n:self.n + m] = True
         for i, (chunk, doc, groups) in enumerate(rows):
@@ -307,7 +303,7 @@ def _nearest_codes(rows: _Rows, query: np.ndarray, *, mask: np.ndarray | None, k
                    ) -> np.ndarray:
     """Rows of the ``k`` codes nearest the query's among those ``mask`` keeps (all if ``None``)."""
     faiss = load_faiss()
-    code = np.ascontiguousarray(sign_bits(query.reshape(1, -1)))
+    code = np.ascontiguousarray(quantize_binary(query.reshape(1, -1)))
     if mask is None:
         _, found = rows.binary.search(code, k)
     else:
