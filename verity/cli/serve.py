@@ -66,7 +66,8 @@ def serve(
             # log_config=None: uvicorn's own lines go through the handler set up above.
             uvicorn.run(create_app(settings, runtime=runtime, reports=_reports(settings)),
                         host=server.host,
-                        port=server.port, log_level="info", access_log=False, log_config=None)
+                        port=server.port, timeout_keep_alive=server.keep_alive_s,
+                        log_level="info", access_log=False, log_config=None)
 
 
 def _reports(settings: Settings) -> ReportFolder | None:

@@ -337,6 +337,11 @@ class ServerSettings(BaseModel):
                     "store.pool_max_size to match")
     otel: bool = Field(
         default=False, description="OpenTelemetry tracing, if its packages are installed")
+    keep_alive_s: int = Field(
+        default=75, ge=1,
+        description="how long an idle client connection is kept open: longer than clients' "
+                    "and proxies' own idle limits, so none sends a request on a connection "
+                    "the server is closing")
 
 
 class WorkerSettings(BaseModel):
