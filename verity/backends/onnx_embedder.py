@@ -387,6 +387,10 @@ def _open_session(path: Path) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
+        # The pool's threads spin while a run lasts (a query takes 4 to 5 ms with them, 7 on
+        # one thread) but stop when it returns: spinning between the runs of concurrent
+        # requests took half the service's CPU under load (docs/BENCHMARKS.md, "Load").
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise EmbedderError(f"ONNX Runtime cannot load {path} ({type(e).__name__}); delete it to "
