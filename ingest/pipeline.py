@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -110,6 +111,28 @@ def _selected(source: str, *, include: Sequence[str], exclude: Sequence[str], ex
 Progress = Callable[[str, int], None]
 
 
+_SPLITTERS: weakref.WeakKeyDictionary[LocalEmbedder, dict[tuple[int, int], TokenSplitter]] = \
+    weakref.WeakKeyDictionary()
+_SPLITTERS_LOCK = threading.Lock()
+
+
+def shared_splitter(embedder: LocalEmbedder, *, chunk_tokens: int, overlap_tokens: int) -> TokenSplitter:
+    """The splitter every pipeline of this process uses with ``embedder``'s tokenizer.
+
+    It splits with a copy of the tokenizer, since splitting runs in a thread beside the
+    embedder and a fast tokenizer must not be used by two threads at once. The copy is
+    made once, not per pipeline: it holds the interpreter for about 35 ms, which every
+    upload job paid, and other requests waited for (docs/BENCHMARKS.md, "Load").
+    """
+    with _SPLITTERS_LOCK:
+        by_size = _SPLITTERS.setdefault(embedder, {})
+        if (chunk_tokens, overlap_tokens) not in by_size:
+            by_size[chunk_tokens, overlap_tokens] = TokenSplitter(
+                copy.deepcopy(embedder.tokenizer), chunk_tokens=chunk_tokens,
+                overlap_tokens=overlap_tokens)
+        return by_size[chunk_tokens, overlap_tokens]
+
+
 class IngestPipeline:
     """Loads files into one collection.
 
@@ -141,11 +164,8 @@ class IngestPipeline:
     @property
     def splitter(self) -> TokenSplitter:
         if self._splitter is None:
-            # A copy: the splitter runs in a thread beside the embedder, and a fast tokenizer
-            # must not be used by two threads at once ("Already borrowed").
-            self._splitter = TokenSplitter(copy.deepcopy(self.embedder.tokenizer),
-                                           chunk_tokens=self.chunking.chunk_tokens,
-                                           overlap_tokens=self.chunking.overlap_tokens)
+            self._splitter = shared_splitter(self.embedder, chunk_tokens=self.chunking.chunk_tokens,
+                                             overlap_tokens=self.chunking.overlap_tokens)
         return self._splitter
 
     def run(

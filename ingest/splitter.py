@@ -8,6 +8,7 @@ no chunk is silently truncated by the model.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from verity.core.types import Chunk, Document, chunk_id
@@ -35,6 +36,8 @@ class TokenSplitter:
         from langchain_text_splitters import RecursiveCharacterTextSplitter
 
         self._tokenizer = tokenizer
+        # A fast tokenizer must not be used by two threads at once ("Already borrowed").
+        self._lock = threading.Lock()
         self._splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
             tokenizer,
             chunk_size=chunk_tokens,
@@ -44,6 +47,10 @@ class TokenSplitter:
         )
 
     def split(self, document: Document, *, doc_id: str) -> list[Chunk]:
+        with self._lock:
+            return self._split(document, doc_id=doc_id)
+
+    def _split(self, document: Document, *, doc_id: str) -> list[Chunk]:
         chunks: list[Chunk] = []
         for section in document.sections:
             for piece in self._splitter.split_text(valid_text(section.text)):
