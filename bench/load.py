@@ -6,7 +6,11 @@ The script starts its own server on a free loopback port with a fresh data dir
 runs that many asyncio ``httpx`` clients for a bounded time. Each client loops over
 a fixed mix of requests: ``/v1/search``, ``/v1/query`` (plain and streamed),
 ``/v1/chat/completions`` and uploads to ``/v1/documents``. A separate probe asks
-``/healthz`` four times a second throughout.
+``/healthz`` four times a second throughout, from a process of its own with a new
+connection each time, as an orchestrator's liveness probe does: timed inside the
+clients' event loop, it would also count the time 128 busy clients keep that loop.
+The clients stand in for callers on other machines, so on this one they run at a lower
+CPU priority (``--nice``, 10 by default) than the service and the probe.
 
 Per level it reports throughput, p50/p95/p99 latency per route, errors by status
 and the ``/healthz`` latency. Requests still running when a level's time is up get
@@ -25,6 +29,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,8 +118,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def verity_server(data_dir: Path, *, port: int, max_tokens: int) -> Iterator[str]:
-    """``verity serve --dev`` with ``docs/`` ingested, on ``port``; yields its URL."""
+def verity_server(data_dir: Path, *, port: int, max_tokens: int,
+                  keep_log: Path | None = None) -> Iterator[str]:
+    """``verity serve --dev`` with ``docs/`` ingested, on ``port``; yields its URL. Its log
+    is copied to ``keep_log`` when it stops."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
     env.update(VERITY_DATA_DIR=str(data_dir), VERITY_SERVER__RATE_LIMIT_PER_MINUTE="0",
                VERITY_LLM__MAX_TOKENS=str(max_tokens), HF_HUB_OFFLINE="1",
@@ -135,6 +142,8 @@ def verity_server(data_dir: Path, *, port: int, max_tokens: int) -> Iterator[str
             proc.kill()
             proc.wait(10)
         log.close()
+        if keep_log is not None:
+            shutil.copyfile(data_dir / "serve.log", keep_log)
 
 
 def wait_ready(url: str, *, proc: subprocess.Popen[bytes], log_path: Path,
@@ -217,29 +226,72 @@ async def run_client(client: httpx.AsyncClient, level: Level, *, offset: int,
         level.record(route, status=status, seconds=loop.time() - started)
 
 
-async def probe_healthz(client: httpx.AsyncClient, level: Level) -> None:
-    """Ask ``/healthz`` every ``PROBE_EVERY_S`` until cancelled."""
-    loop = asyncio.get_running_loop()
+def probe_healthz(url: str) -> None:
+    """Ask ``/healthz`` every ``PROBE_EVERY_S`` until killed; one line per probe on stdout:
+    when it started (``time.time()``), the status (or the error's name) and the seconds it
+    took."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
     while True:
-        started = loop.time()
+        at, started = time.time(), time.perf_counter()
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
         try:
-            status = str((await client.get("/healthz")).status_code)
-        except httpx.HTTPError as e:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            status = str(response.status)
+        except OSError as e:
             status = type(e).__name__
-        level.record("healthz", status=status, seconds=loop.time() - started)
-        await asyncio.sleep(max(0.0, PROBE_EVERY_S - (loop.time() - started)))
+        finally:
+            conn.close()
+        took = time.perf_counter() - started
+        print(at, status, took, flush=True)
+        time.sleep(max(0.0, PROBE_EVERY_S - took))
 
 
-async def run_level(url: str, *, clients: int, seconds: float, grace_s: float,
-                    timeout_s: float) -> Level:
+class HealthzProber:
+    """:func:`probe_healthz` in a process of its own for the whole run, at the priority the
+    driver started with; :meth:`record` files its probes of a time span under a level."""
+
+    def __init__(self, url: str, out: Any) -> None:
+        self._out = out
+        self._proc = subprocess.Popen([sys.executable, __file__, "--probe", url], stdout=out,
+                                      env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def record(self, level: Level, *, since: float, until: float) -> None:
+        self._out.seek(0)
+        for line in self._out.read().splitlines():
+            fields = line.split()
+            if len(fields) == 3 and since <= float(fields[0]) < until:  # whole lines only
+                level.record("healthz", status=fields[1], seconds=float(fields[2]))
+        self._out.seek(0, os.SEEK_END)
+
+    def stop(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+async def run_level(url: str, prober: HealthzProber, *, clients: int, seconds: float,
+                    grace_s: float, timeout_s: float) -> Level:
     """``clients`` concurrent clients for ``seconds``, then up to ``grace_s`` to finish."""
     level = Level(clients=clients)
     limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client, \
-            httpx.AsyncClient(base_url=url, timeout=timeout_s) as prober:
+    since = time.time()
+    await clients_for(url, level, clients=clients, seconds=seconds, grace_s=grace_s,
+                      timeout_s=timeout_s, limits=limits)
+    prober.record(level, since=since, until=time.time())
+    level.healthz = level.latencies.pop("healthz", [])
+    return level
+
+
+async def clients_for(url: str, level: Level, *, clients: int, seconds: float, grace_s: float,
+                      timeout_s: float, limits: httpx.Limits) -> None:
+    """Run the clients of one level; see :func:`run_level`."""
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        probe = asyncio.create_task(probe_healthz(prober, level))
         tasks = [asyncio.create_task(run_client(client, level, offset=i, stop_at=started + seconds))
                  for i in range(clients)]
         _, pending = await asyncio.wait(tasks, timeout=seconds + grace_s)
@@ -247,10 +299,7 @@ async def run_level(url: str, *, clients: int, seconds: float, grace_s: float,
             task.cancel()
         level.unfinished = len(pending)
         level.seconds = loop.time() - started
-        probe.cancel()
-        await asyncio.gather(probe, *pending, return_exceptions=True)
-    level.healthz = level.latencies.pop("healthz", [])
-    return level
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 # --- The report ------------------------------------------------------------------------------
@@ -285,20 +334,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="per-request timeout")
     parser.add_argument("--max-tokens", type=int, default=32, help="answer length (tokens)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="how much lower the clients' CPU priority is than the service's "
+                             "and the /healthz probe's (0: the same)")
+    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
+    parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the probe process
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.probe:
+        probe_healthz(args.probe)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="verity-load-") as tmp, \
-            verity_server(Path(tmp), port=free_port(), max_tokens=args.max_tokens) as url:
-        for clients in args.levels:
-            level = asyncio.run(run_level(url, clients=clients, seconds=args.seconds,
-                                          grace_s=args.grace, timeout_s=args.timeout))
-            results.append(level.summary())
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    report = {"levels": results, "load_average": os.getloadavg(), "cpus": os.cpu_count()}
+            verity_server(Path(tmp), port=free_port(), max_tokens=args.max_tokens,
+                          keep_log=args.server_log) as url, \
+            tempfile.TemporaryFile("w+") as probes:
+        prober = HealthzProber(url, probes)
+        # The clients stand in for callers on other machines: on this one they yield the CPU
+        # to the service and the probe (both started above, at the driver's own priority).
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + args.nice)
+        try:
+            for clients in args.levels:
+                level = asyncio.run(run_level(url, prober, clients=clients,
+                                              seconds=args.seconds, grace_s=args.grace,
+                                              timeout_s=args.timeout))
+                results.append(level.summary())
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        finally:
+            prober.stop()
+    report = {"levels": results, "load_average": os.getloadavg(), "cpus": os.cpu_count(),
+              "clients_nice": args.nice}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(results))
