@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import ExitStack, asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import install_error_handlers
+from service.health import HealthListener, Heartbeat
 from service.limits import BodySizeLimit, ModelQueue, RateLimiter
 from service.metrics import Metrics
 from service.openapi_schema import serve_schema
@@ -98,6 +100,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             await run_in_threadpool(app.state.runtime.embedder.warm_up)
             if app.state.runtime.reranker is not None:
                 await run_in_threadpool(app.state.runtime.reranker.warm_up)
+            if settings.server.health_port is not None:
+                heartbeat = Heartbeat()
+                beating = asyncio.create_task(heartbeat.beat())
+                listener = HealthListener(settings.server.host, settings.server.health_port,
+                                          idle_s=heartbeat.idle_s)
+                listener.start()
+                stack.callback(beating.cancel)
+                stack.callback(listener.stop)
+                app.state.health_listener = listener
             yield
 
     app = FastAPI(

@@ -275,8 +275,12 @@ def test_k8s_verity_probes_readyz_and_healthz() -> None:
     verity = _container("verity")
     assert verity["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert verity["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert _port(verity, verity[probe]["httpGet"]["port"]) == 8000
+    assert _port(verity, verity["readinessProbe"]["httpGet"]["port"]) == 8000
+    # Liveness on the port answered by a thread of its own, which Verity is told to open.
+    health = int(_env(verity)["VERITY_SERVER__HEALTH_PORT"])
+    assert health != 8000
+    for probe in ("livenessProbe", "startupProbe"):
+        assert _port(verity, verity[probe]["httpGet"]["port"]) == health
     assert verity["args"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
 
 

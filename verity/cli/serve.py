@@ -52,6 +52,8 @@ def serve(
     settings = _server_settings(settings, host=host, port=port, dev=dev)
     server = settings.server
     _check_port_free(server.host, server.port)
+    if server.health_port is not None:
+        _check_port_free(server.host, server.health_port, hint="set VERITY_SERVER__HEALTH_PORT")
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turn that into a
     # normal exit so the worker, the embedded Postgres and the llama.cpp child are stopped below.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -155,10 +157,11 @@ def worker_command(
         worker.run_forever()
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, *,
+                     hint: str = "pass --port / set VERITY_SERVER__PORT") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
         except OSError as e:
             raise fail(f"cannot listen on {host}:{port} ({e.strerror}); stop what is using it "
-                       "or pass --port / set VERITY_SERVER__PORT") from None
+                       f"or {hint}") from None

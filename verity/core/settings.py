@@ -337,11 +337,23 @@ class ServerSettings(BaseModel):
                     "store.pool_max_size to match")
     otel: bool = Field(
         default=False, description="OpenTelemetry tracing, if its packages are installed")
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="also answer GET /healthz on this port, from a thread of its own, so a "
+                    "liveness probe does not wait behind the API's connections under load; it "
+                    "answers 503 when the API's event loop has not run for 5 s")
     keep_alive_s: int = Field(
         default=75, ge=1,
         description="how long an idle client connection is kept open: longer than clients' "
                     "and proxies' own idle limits, so none sends a request on a connection "
                     "the server is closing")
+
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerSettings:
+        if self.health_port is not None and self.health_port == self.port:
+            raise ValueError("server.health_port must differ from server.port")
+        return self
 
 
 class WorkerSettings(BaseModel):
