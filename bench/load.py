@@ -7,8 +7,9 @@ runs that many asyncio ``httpx`` clients for a bounded time. Each client loops o
 a fixed mix of requests: ``/v1/search``, ``/v1/query`` (plain and streamed),
 ``/v1/chat/completions`` and uploads to ``/v1/documents``. A separate probe asks
 ``/healthz`` four times a second throughout, from a process of its own with a new
-connection each time, as an orchestrator's liveness probe does: timed inside the
-clients' event loop, it would also count the time 128 busy clients keep that loop.
+connection each time, as an orchestrator's liveness probe does (timed inside the
+clients' event loop, it would also count the time 128 busy clients keep that loop),
+once on the API's port and once on the health port (``VERITY_SERVER__HEALTH_PORT``).
 The clients stand in for callers on other machines, so on this one they run at a lower
 CPU priority (``--nice``, 10 by default) than the service and the probe.
 
@@ -67,7 +68,8 @@ class Level:
     seconds: float = 0.0
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
-    healthz: list[float] = field(default_factory=list)
+    healthz: list[float] = field(default_factory=list)  # the API's port
+    healthz_port: list[float] = field(default_factory=list)  # VERITY_SERVER__HEALTH_PORT
     unfinished: int = 0
 
     def record(self, route: str, *, status: str, seconds: float) -> None:
@@ -90,6 +92,7 @@ class Level:
             "errors": dict(sorted(self.errors.items())),
             "unfinished": self.unfinished,
             "healthz": percentiles(self.healthz),
+            "healthz_port": percentiles(self.healthz_port),
         }
 
 
@@ -118,13 +121,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def verity_server(data_dir: Path, *, port: int, max_tokens: int,
+def verity_server(data_dir: Path, *, port: int, health_port: int, max_tokens: int,
                   keep_log: Path | None = None) -> Iterator[str]:
     """``verity serve --dev`` with ``docs/`` ingested, on ``port``; yields its URL. Its log
     is copied to ``keep_log`` when it stops."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERITY_")}
     env.update(VERITY_DATA_DIR=str(data_dir), VERITY_SERVER__RATE_LIMIT_PER_MINUTE="0",
                VERITY_LLM__MAX_TOKENS=str(max_tokens), HF_HUB_OFFLINE="1",
+               VERITY_SERVER__HEALTH_PORT=str(health_port),
                PYTHONPATH=str(REPO))
     log = (data_dir / "serve.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "verity.cli", "serve", "--dev", "--port",
@@ -255,8 +259,8 @@ class HealthzProber:
     """:func:`probe_healthz` in a process of its own for the whole run, at the priority the
     driver started with; :meth:`record` files its probes of a time span under a level."""
 
-    def __init__(self, url: str, out: Any) -> None:
-        self._out = out
+    def __init__(self, url: str, out: Any, *, route: str) -> None:
+        self._out, self._route = out, route
         self._proc = subprocess.Popen([sys.executable, __file__, "--probe", url], stdout=out,
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -265,7 +269,7 @@ class HealthzProber:
         for line in self._out.read().splitlines():
             fields = line.split()
             if len(fields) == 3 and since <= float(fields[0]) < until:  # whole lines only
-                level.record("healthz", status=fields[1], seconds=float(fields[2]))
+                level.record(self._route, status=fields[1], seconds=float(fields[2]))
         self._out.seek(0, os.SEEK_END)
 
     def stop(self) -> None:
@@ -273,7 +277,7 @@ class HealthzProber:
         self._proc.wait()
 
 
-async def run_level(url: str, prober: HealthzProber, *, clients: int, seconds: float,
+async def run_level(url: str, probers: list[HealthzProber], *, clients: int, seconds: float,
                     grace_s: float, timeout_s: float) -> Level:
     """``clients`` concurrent clients for ``seconds``, then up to ``grace_s`` to finish."""
     level = Level(clients=clients)
@@ -281,8 +285,11 @@ async def run_level(url: str, prober: HealthzProber, *, clients: int, seconds: f
     since = time.time()
     await clients_for(url, level, clients=clients, seconds=seconds, grace_s=grace_s,
                       timeout_s=timeout_s, limits=limits)
-    prober.record(level, since=since, until=time.time())
+    until = time.time()
+    for prober in probers:
+        prober.record(level, since=since, until=until)
     level.healthz = level.latencies.pop("healthz", [])
+    level.healthz_port = level.latencies.pop("healthz_port", [])
     return level
 
 
@@ -307,14 +314,15 @@ async def clients_for(url: str, level: Level, *, clients: int, seconds: float, g
 
 def markdown(levels: list[dict[str, Any]]) -> str:
     """The levels as Markdown tables: one overall, one per route."""
-    lines = ["| clients | ok | throughput (req/s) | errors | unfinished | /healthz p50 / p99 / max (ms) |",
-             "|---:|---:|---:|---|---:|---|"]
+    lines = ["| clients | ok | throughput (req/s) | errors | unfinished | /healthz p50 / p99 / "
+             "max (ms), API port | the same, health port |",
+             "|---:|---:|---:|---|---:|---|---|"]
     for lv in levels:
         errors = ", ".join(f"{k}: {v}" for k, v in lv["errors"].items()) or "none"
-        h = lv["healthz"]
+        api, own = (" / ".join(str(h.get(k)) for k in ("p50_ms", "p99_ms", "max_ms"))
+                    for h in (lv["healthz"], lv["healthz_port"]))
         lines.append(f"| {lv['clients']} | {lv['ok']} | {lv['throughput_rps']} | {errors} | "
-                     f"{lv['unfinished']} | {h.get('p50_ms')} / {h.get('p99_ms')} / "
-                     f"{h.get('max_ms')} |")
+                     f"{lv['unfinished']} | {api} | {own} |")
     lines += ["", "| clients | route | n | p50 (ms) | p95 (ms) | p99 (ms) |",
               "|---:|---|---:|---:|---:|---:|"]
     for lv in levels:
@@ -348,23 +356,28 @@ def main(argv: list[str] | None = None) -> None:
         probe_healthz(args.probe)
         return
     results = []
+    health_port = free_port()
     with tempfile.TemporaryDirectory(prefix="verity-load-") as tmp, \
-            verity_server(Path(tmp), port=free_port(), max_tokens=args.max_tokens,
-                          keep_log=args.server_log) as url, \
-            tempfile.TemporaryFile("w+") as probes:
-        prober = HealthzProber(url, probes)
+            verity_server(Path(tmp), port=free_port(), health_port=health_port,
+                          max_tokens=args.max_tokens, keep_log=args.server_log) as url, \
+            tempfile.TemporaryFile("w+") as api_probes, \
+            tempfile.TemporaryFile("w+") as own_probes:
+        probers = [HealthzProber(url, api_probes, route="healthz"),
+                   HealthzProber(f"http://127.0.0.1:{health_port}", own_probes,
+                                 route="healthz_port")]
         # The clients stand in for callers on other machines: on this one they yield the CPU
         # to the service and the probe (both started above, at the driver's own priority).
         os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + args.nice)
         try:
             for clients in args.levels:
-                level = asyncio.run(run_level(url, prober, clients=clients,
+                level = asyncio.run(run_level(url, probers, clients=clients,
                                               seconds=args.seconds, grace_s=args.grace,
                                               timeout_s=args.timeout))
                 results.append(level.summary())
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         finally:
-            prober.stop()
+            for prober in probers:
+                prober.stop()
     report = {"levels": results, "load_average": os.getloadavg(), "cpus": os.cpu_count(),
               "clients_nice": args.nice}
     if args.json:
