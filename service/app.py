@@ -73,15 +73,13 @@ def _metrics(app: FastAPI) -> Metrics:
     return Metrics(job_counts=job_counts, lexical_lag=lexical_lag, dense_lag=dense_lag)
 
 
-def _health_listener(settings: Settings, stack: ExitStack) -> HealthListener:
-    """The liveness listener on ``server.health_port``, watching the running event loop;
-    ``stack`` stops both when the app stops."""
+def _health_listener(host: str, port: int, stack: ExitStack) -> HealthListener:
+    """The liveness listener on ``host:port``, watching the running event loop; ``stack``
+    stops both when the app stops."""
     heartbeat = Heartbeat()
     beating = asyncio.create_task(heartbeat.beat())
     stack.callback(beating.cancel)
-    assert settings.server.health_port is not None
-    listener = HealthListener(settings.server.host, settings.server.health_port,
-                              idle_s=heartbeat.idle_s)
+    listener = HealthListener(host, port, idle_s=heartbeat.idle_s)
     listener.start()
     stack.callback(listener.stop)
     return listener
@@ -115,7 +113,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             if app.state.runtime.reranker is not None:
                 await run_in_threadpool(app.state.runtime.reranker.warm_up)
             if settings.server.health_port is not None:
-                app.state.health_listener = _health_listener(settings, stack)
+                app.state.health_listener = _health_listener(
+                    settings.server.host, settings.server.health_port, stack)
             yield
 
     app = FastAPI(
