@@ -122,6 +122,8 @@ def test_retrieval_mode_is_chosen_per_request(client: TestClient, docs_collectio
     r = client.post("/v1/query", json={"question": "Which variable sets the database URL?",
                                        "collection": docs_collection, "mode": mode, "top_k": 3})
     body = r.json()
-    assert r.status_code == 200 and len(body["sources"]) == 3
+    # top_k chunks retrieved; the local server's prompt limit may leave the last ones out.
+    dropped = body["trace"]["context"]["sources_dropped"]
+    assert r.status_code == 200 and body["sources"] and len(body["sources"]) + dropped == 3
     other = {"dense": "bm25_ms", "bm25": "dense_ms"}[mode]
     assert other not in body["timings"]

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from verity.core.settings import LLMSettings, Settings
+from verity.core.settings import LOCAL_PROMPT_TOKENS, LLMSettings, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -44,8 +44,8 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
         Settings(_env_file=None)
 
 
-def test_the_prompt_limit_is_the_window_unless_set() -> None:
-    assert LLMSettings().prompt_limit() is None
+def test_the_prompt_limit_is_short_on_the_local_server_and_the_window_elsewhere() -> None:
+    assert LLMSettings().prompt_limit() == LOCAL_PROMPT_TOKENS == 448
     assert LLMSettings(base_url="http://vllm:8000/v1").prompt_limit() is None
     assert LLMSettings(prompt_tokens=0).prompt_limit() is None  # 0: the whole window
     assert LLMSettings(prompt_tokens=512).prompt_limit() == 512

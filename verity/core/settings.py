@@ -122,6 +122,11 @@ class ChunkingSettings(BaseModel):
         return self
 
 
+# The local server's prompt limit: on two cores it keeps a new question's first token under
+# 2 s, and PopQA's plain-RAG accuracy stayed at the whole window's (docs/BENCHMARKS.md).
+LOCAL_PROMPT_TOKENS = 448
+
+
 class LLMSettings(BaseModel):
     """The generator: any OpenAI-compatible chat server.
 
@@ -140,8 +145,9 @@ class LLMSettings(BaseModel):
         default=None, ge=0,
         description="most tokens of an answer prompt (rules, question and sources together): "
                     "the model reads the whole prompt before its first token, so this bounds "
-                    "the time to that token. Unset or 0: the context window (a cap of 512 cost "
-                    "PopQA accuracy, docs/BENCHMARKS.md)")
+                    "the time to that token. Unset: 448 on the local llama.cpp server (a CPU "
+                    "reads about 240 prompt tokens a second), the context window on a server "
+                    "at base_url; 0: the context window (docs/BENCHMARKS.md)")
     tokenizer: Literal["server", "estimate"] = Field(
         default="server",
         description="count prompt tokens with the model's own tokenizer (the local GGUF's "
@@ -173,6 +179,8 @@ class LLMSettings(BaseModel):
 
     def prompt_limit(self) -> int | None:
         """The prompt limit in force (see ``prompt_tokens``); None: the context window."""
+        if self.prompt_tokens is None:
+            return LOCAL_PROMPT_TOKENS if self.base_url is None else None
         return self.prompt_tokens or None
 
 
