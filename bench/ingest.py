@@ -258,7 +258,7 @@ def serve(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     side: VeritySide | LlamaIndexSide
     if args.worker.startswith("llamaindex"):
-        batch = EmbedderSettings().batch_size if args.worker == "llamaindex-batch" else args.llama_batch
+        batch = EmbedderSettings().forward_batch() if args.worker == "llamaindex-batch" else args.llama_batch
         side = LlamaIndexSide(dsn=args.dsn, data=args.data, batch=batch,
                               table=args.worker.replace("-", "_"))
     else:

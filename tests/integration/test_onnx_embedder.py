@@ -3,6 +3,7 @@ collections that refuse vectors of an incompatible precision."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,22 @@ def test_int8_vectors_stay_close_to_float32_ones(
     assert not np.allclose(ours, theirs, atol=1e-4)  # and int8 is not float32 under another name
     # int8 MatMul weights; the word embeddings (47 MB) stay float32, of float32's 90 MB in all
     assert onnx_int8.artifact.stat().st_size < 65e6
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="side-by-side batches need 2 cores")
+def test_batches_side_by_side_give_the_vectors_of_batches_in_turn(onnx_dir: Path) -> None:
+    """Several batches run on one-thread sessions, one per core; the vectors do not change."""
+    settings = EmbedderSettings(backend="onnx", precision="int8", batch_size=2)
+    side_by_side, in_turn = (OnnxEmbedder(settings, data_dir=onnx_dir) for _ in range(2))
+    in_turn._cores = 1  # the same batches, one after another on the session for queries
+    texts = TEXTS * 3  # eight batches
+    ours, theirs = side_by_side.embed_documents(texts), in_turn.embed_documents(texts)
+    assert side_by_side._lanes is not None and in_turn._lanes is None
+    assert side_by_side._lanes.qsize() == len(os.sched_getaffinity(0))  # every lane handed back
+    assert np.allclose(ours, theirs, atol=1e-5)
+    one_batch = TEXTS[:2]  # one batch: the session with a thread per core, as a query
+    assert np.allclose(side_by_side.embed_documents(one_batch), in_turn.embed_documents(one_batch),
+                       atol=1e-5)
 
 
 def test_the_export_is_cached_and_keyed_by_its_settings(

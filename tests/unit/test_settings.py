@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from verity.core.settings import LOCAL_PROMPT_TOKENS, LLMSettings, Settings
+from verity.core.settings import LOCAL_PROMPT_TOKENS, ONNX_BATCH, EmbedderSettings, LLMSettings, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +57,11 @@ def test_int8_queries_need_the_onnx_backend(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("VERITY_EMBEDDER__BACKEND", "torch")
     with pytest.raises(ValidationError, match="query_precision int8 needs embedder.backend onnx"):
         Settings(_env_file=None)
+
+
+def test_the_forward_batch_is_chosen_per_backend_unless_set() -> None:
+    assert EmbedderSettings().forward_batch() == ONNX_BATCH == 16
+    assert EmbedderSettings(backend="torch").forward_batch() == 64
+    assert EmbedderSettings(backend="torch", batch_size=8).forward_batch() == 8
+    with pytest.raises(ValidationError):
+        EmbedderSettings(batch_size=0)

@@ -148,7 +148,7 @@ class SentenceTransformerEmbedder:
             with self._use, self._autocast(model):
                 vectors = model.encode(
                     texts,
-                    batch_size=self._settings.batch_size,
+                    batch_size=self._settings.forward_batch(),
                     normalize_embeddings=True,
                     convert_to_numpy=True,
                     show_progress_bar=False,

@@ -9,6 +9,12 @@ settings, so a changed model or setting makes a new file and an unchanged one
 is never exported twice. Each file is written to a temporary name and renamed,
 so a killed export never leaves half a model; a sidecar records its SHA-256,
 and a file that no longer matches it is exported again.
+
+A call with several batches (ingestion's) runs them side by side, one batch per
+core, each on a session of its own with one thread: ONNX Runtime's threads
+share one batch's work less well than cores share whole batches (SciFact
+abstracts: about 44 a second against 36 on two cores, docs/BENCHMARKS.md).
+A single batch, and so every query, runs on the session with a thread per core.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +78,8 @@ class OnnxEmbedder:
         self.name = settings.model.removeprefix("bundled:")
         self._exported: ExportedModel | None = None
         self._session: Any = None
+        self._lanes: queue.SimpleQueue[Any] | None = None  # one-thread sessions, for batches
+        self._cores = len(os.sched_getaffinity(0))
         self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._use = threading.Lock()
@@ -172,15 +182,37 @@ class OnnxEmbedder:
         model = self._model
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), model.dim), dtype=np.float32)
-        step = self._settings.batch_size
-        for start in range(0, len(texts), step):
-            batch = order[start:start + step]
-            out[batch] = self._run([model.prompt + texts[i] for i in batch])
+        step = self._settings.forward_batch()
+        batches = [order[start:start + step] for start in range(0, len(texts), step)]
+
+        def encode(batch: np.ndarray) -> None:
+            out[batch] = self._run([model.prompt + texts[i] for i in batch], lanes)
+
+        lanes = self._batch_lanes() if len(batches) > 1 else None
+        if lanes is None:
+            for batch in batches:
+                encode(batch)
+        else:
+            with ThreadPoolExecutor(self._cores, thread_name_prefix="onnx-lane") as pool:
+                list(pool.map(encode, batches))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         normalised: np.ndarray = out / np.maximum(norms, 1e-12)
         return normalised
 
-    def _run(self, texts: list[str]) -> np.ndarray:
+    def _batch_lanes(self) -> queue.SimpleQueue[Any] | None:
+        """One single-threaded session per core (opened on first use); None on one core."""
+        if self._cores < 2:
+            return None
+        path = self._model.path
+        with self._lock:
+            if self._lanes is None:
+                lanes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+                for _ in range(self._cores):
+                    lanes.put(_open_session(path, threads=1))
+                self._lanes = lanes
+        return self._lanes
+
+    def _run(self, texts: list[str], lanes: queue.SimpleQueue[Any] | None = None) -> np.ndarray:
         model = self._model
         try:
             # Fast tokenizers are not thread-safe ("Already borrowed"): one encode at a time.
@@ -188,7 +220,12 @@ class OnnxEmbedder:
                 encoded = self._tokenizer(texts, padding=True, truncation=True,
                                           max_length=model.max_seq_length, return_tensors="np")
             feeds = {name: np.asarray(encoded[name], dtype=np.int64) for name in model.inputs}
-            vectors: np.ndarray = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+            session = lanes.get() if lanes is not None else self._session
+            try:
+                vectors: np.ndarray = np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+            finally:
+                if lanes is not None:
+                    lanes.put(session)
             return vectors
         except Exception as e:
             raise EmbedderError(f"embedding failed: {type(e).__name__}: {e}") from e
@@ -379,13 +416,14 @@ def _load_tokenizer(source: Path) -> Any:
                             "check the model folder") from e
 
 
-def _open_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session using every core this process may run on."""
+def _open_session(path: Path, *, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` threads (default: every core this
+    process may run on)."""
     try:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
         # The pool's threads spin while a run lasts (a query takes 4 to 5 ms with them, 7 on
         # one thread) but stop when it returns: spinning between the runs of concurrent

@@ -55,6 +55,13 @@ class StoreSettings(BaseModel):
         return self
 
 
+# Texts per forward pass by default. ONNX runs several batches side by side, one per core:
+# 16 abstracts a batch embedded 43 to 48 a second on two cores at 1.3 GB peak, against 37 to 39
+# for one batch of 64 at a time at 2.1 GB (docs/BENCHMARKS.md, "Ingestion").
+ONNX_BATCH = 16
+TORCH_BATCH = 64
+
+
 class EmbedderSettings(BaseModel):
     """A sentence-transformers model: the bundled one, a Hugging Face id or a local path.
 
@@ -72,7 +79,10 @@ class EmbedderSettings(BaseModel):
     backend: Literal["torch", "onnx"] = Field(
         default="onnx", description="onnx: ONNX Runtime on CPU; torch: sentence-transformers "
                                     "(GPUs, models ONNX cannot export)")
-    batch_size: int = Field(default=64, ge=1, description="texts per forward pass")
+    batch_size: int | None = Field(
+        default=None, ge=1,
+        description="texts per forward pass; unset: 16 on onnx (less padding and memory, "
+                    "docs/BENCHMARKS.md), 64 on torch")
     device: str | None = Field(default=None, description="cpu, cuda, ...; unset = auto")
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         default="auto",
@@ -86,6 +96,10 @@ class EmbedderSettings(BaseModel):
                     "than int8 queries over the same int8 documents (docs/BENCHMARKS.md); torch "
                     "embeds queries as it embeds documents",
     )
+
+    def forward_batch(self) -> int:
+        """Texts per forward pass in force (see ``batch_size``)."""
+        return self.batch_size or (ONNX_BATCH if self.backend == "onnx" else TORCH_BATCH)
 
     @model_validator(mode="after")
     def _precision_fits_backend(self) -> EmbedderSettings:
