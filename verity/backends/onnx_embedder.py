@@ -13,7 +13,7 @@ and a file that no longer matches it is exported again.
 A call with several batches (ingestion's) runs them side by side, one batch per
 core, each on a session of its own with one thread: ONNX Runtime's threads
 share one batch's work less well than cores share whole batches (SciFact
-abstracts: about 44 a second against 36 on two cores, docs/BENCHMARKS.md).
+abstracts: 45.5 a second against 38.8 on two cores, docs/BENCHMARKS.md).
 A single batch, and so every query, runs on the session with a thread per core.
 """
 
@@ -80,7 +80,7 @@ class OnnxEmbedder:
         self._exported: ExportedModel | None = None
         self._session: Any = None
         self._lanes: queue.SimpleQueue[Any] | None = None  # one-thread sessions, for batches
-        self._cores = len(os.sched_getaffinity(0))
+        self._cores = len(os.sched_getaffinity(0))  # the cores this process may run on
         self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._use = threading.Lock()
@@ -108,7 +108,7 @@ class OnnxEmbedder:
                 return
             exported = export_model(self._settings, data_dir=self._data_dir)
             self._tokenizer = _load_tokenizer(exported.source)
-            self._session = _open_session(exported.path)
+            self._session = _open_session(exported.path, threads=self._cores)
             self._exported = exported
 
     @property
@@ -185,11 +185,11 @@ class OnnxEmbedder:
         out = np.empty((len(texts), model.dim), dtype=np.float32)
         step = self._settings.forward_batch()
         batches = [order[start:start + step] for start in range(0, len(texts), step)]
+        lanes = self._batch_lanes() if len(batches) > 1 else None
 
         def encode(batch: np.ndarray) -> None:
             out[batch] = self._run([model.prompt + texts[i] for i in batch], lanes)
 
-        lanes = self._batch_lanes() if len(batches) > 1 else None
         if lanes is None:
             for batch in batches:
                 encode(batch)
@@ -421,14 +421,13 @@ def _load_tokenizer(source: Path) -> Any:
                             "check the model folder") from e
 
 
-def _open_session(path: Path, *, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` threads (default: every core this
-    process may run on)."""
+def _open_session(path: Path, *, threads: int) -> Any:
+    """An ONNX Runtime CPU session running each model on ``threads`` threads."""
     try:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         # The pool's threads spin while a run lasts (a query takes 4 to 5 ms with them, 7 on
         # one thread) but stop when it returns: spinning between the runs of concurrent

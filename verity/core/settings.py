@@ -370,7 +370,6 @@ class ServerSettings(BaseModel):
                     "and proxies' own idle limits, so none sends a request on a connection "
                     "the server is closing")
 
-
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:
         if self.health_port is not None and self.health_port == self.port:
