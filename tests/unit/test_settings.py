@@ -60,7 +60,7 @@ def test_int8_queries_need_the_onnx_backend(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_forward_batch_is_chosen_per_backend_unless_set() -> None:
-    assert EmbedderSettings().forward_batch() == ONNX_BATCH == 16
+    assert EmbedderSettings().forward_batch() == ONNX_BATCH == 1
     assert EmbedderSettings(backend="torch").forward_batch() == 64
     assert EmbedderSettings(backend="torch", batch_size=8).forward_batch() == 8
     with pytest.raises(ValidationError):

@@ -55,10 +55,11 @@ class StoreSettings(BaseModel):
         return self
 
 
-# Texts per forward pass by default. ONNX runs several batches side by side, one per core:
-# 16 abstracts a batch embedded 43 to 48 a second on two cores at 1.3 GB peak, against 37 to 39
-# for one batch of 64 at a time at 2.1 GB (docs/BENCHMARKS.md, "Ingestion").
-ONNX_BATCH = 16
+# Texts per forward pass by default. ONNX runs several forward passes side by side, one per
+# core, and with a scale per token a text's int8 vector is the same in any batch: one text a
+# pass pads nothing and ingested about 20% more documents a second than 16 (docs/BENCHMARKS.md,
+# "int8 with a scale per token").
+ONNX_BATCH = 1
 TORCH_BATCH = 64
 
 
@@ -81,7 +82,7 @@ class EmbedderSettings(BaseModel):
                                     "(GPUs, models ONNX cannot export)")
     batch_size: int | None = Field(
         default=None, ge=1,
-        description="texts per forward pass; unset: 16 on onnx (less padding and memory, "
+        description="texts per forward pass; unset: 1 on onnx (nothing padded, "
                     "docs/BENCHMARKS.md), 64 on torch")
     device: str | None = Field(default=None, description="cpu, cuda, ...; unset = auto")
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(

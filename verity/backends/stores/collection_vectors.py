@@ -58,7 +58,7 @@ def vectors_compatible(stored: str, precision: str) -> bool:
 
     float32 and bfloat16 vectors (either backend) agree to a cosine similarity
     above 0.9999 and mix freely; int8 ones (ONNX with quantized weights) agree
-    with them only to about 0.994, so they mix only with each other.
+    with them only to about 0.999, so they mix only with each other.
     """
     return (stored == "int8") == (precision == "int8")
 
