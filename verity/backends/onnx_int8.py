@@ -64,31 +64,15 @@ def quantize_per_token(source: Path, target: Path, *, reduce_range: bool) -> int
             nodes.append(node)
             continue
         if weight.name not in quantized:
-            w = quantized[weight.name] = f"ptq/w{len(quantized)}"
-            matrix = numpy_helper.to_array(weight).astype(np.float32)
-            scale = np.maximum(np.abs(matrix).max(axis=0), 1e-12) / limit
-            integers = np.clip(np.round(matrix / scale), -limit, limit).astype(np.int8)
-            column = (integers.astype(np.float32).sum(axis=0) * scale).astype(np.float32)
-            added += [numpy_helper.from_array(integers, f"{w}/q"),
-                      numpy_helper.from_array(scale.astype(np.float32), f"{w}/scale"),
-                      numpy_helper.from_array(column, f"{w}/column")]
-        w = quantized[weight.name]
-        x, y = node.input[0], node.output[0]
+            quantized[weight.name] = f"ptq/w{len(quantized)}"
+            added += _int8_weight(numpy_helper.to_array(weight), quantized[weight.name], limit)
+        x = node.input[0]
         if x not in inputs:  # quantized once for all its MatMuls (attention's query, key, value)
             inputs[x] = f"ptq/x{len(inputs)}"
             nodes += _quantize_rows(x, inputs[x], columns=weight.dims[0])
-        p, o = inputs[x], f"ptq/y{index}"
+        o = f"ptq/y{index}"
         added.append(numpy_helper.from_array(np.array([weight.dims[1]], dtype=np.int64), f"{o}/n"))
-        nodes += [
-            helper.make_node("MatMulIntegerToFloat",
-                             [f"{p}/q", f"{w}/q", "ptq/one", f"{w}/scale", "ptq/zp"],
-                             [f"{o}/yq"], domain="com.microsoft"),
-            helper.make_node("Mul", [f"{p}/negz", f"{w}/column"], [f"{o}/zterm"]),
-            helper.make_node("Add", [f"{o}/yq", f"{o}/zterm"], [f"{o}/y0"]),
-            helper.make_node("Mul", [f"{o}/y0", f"{p}/s"], [f"{o}/rows"]),
-            helper.make_node("Concat", [f"{p}/lead", f"{o}/n"], [f"{o}/shape"], axis=0),
-            helper.make_node("Reshape", [f"{o}/rows", f"{o}/shape"], [y], name=node.name),
-        ]
+        nodes += _integer_product(node, x=inputs[x], w=quantized[weight.name], o=o)
     if not quantized:
         raise ValueError("the model has no MatMul with constant weights to quantize")
     used = {name for node in nodes for name in node.input}
@@ -128,4 +112,34 @@ def _quantize_rows(x: str, p: str, *, columns: int) -> list[Any]:
         helper.make_node("Squeeze", [f"{p}/s", "ptq/axis1"], [f"{p}/s1"]),
         helper.make_node("Squeeze", [f"{p}/zu", "ptq/axis1"], [f"{p}/z1"]),
         helper.make_node("QuantizeLinear", [f"{p}/x2", f"{p}/s1", f"{p}/z1"], [f"{p}/q"], axis=0),
+    ]
+
+
+def _int8_weight(matrix: np.ndarray, w: str, limit: int) -> list[Any]:
+    """``{w}/q`` (int8, one scale ``{w}/scale`` per column) and ``{w}/column``, its column sums."""
+    from onnx import numpy_helper
+
+    matrix = matrix.astype(np.float32)
+    scale = np.maximum(np.abs(matrix).max(axis=0), 1e-12) / limit
+    integers = np.clip(np.round(matrix / scale), -limit, limit).astype(np.int8)
+    column = (integers.astype(np.float32).sum(axis=0) * scale).astype(np.float32)
+    return [numpy_helper.from_array(integers, f"{w}/q"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{w}/scale"),
+            numpy_helper.from_array(column, f"{w}/column")]
+
+
+def _integer_product(node: Any, *, x: str, w: str, o: str) -> list[Any]:
+    """Nodes computing ``node``'s output from the quantized input ``x`` and weight ``w``."""
+    from onnx import helper
+
+    return [
+        helper.make_node("MatMulIntegerToFloat",
+                         [f"{x}/q", f"{w}/q", "ptq/one", f"{w}/scale", "ptq/zp"],
+                         [f"{o}/yq"], domain="com.microsoft"),
+        helper.make_node("Mul", [f"{x}/negz", f"{w}/column"], [f"{o}/zterm"]),
+        helper.make_node("Add", [f"{o}/yq", f"{o}/zterm"], [f"{o}/y0"]),
+        helper.make_node("Mul", [f"{o}/y0", f"{x}/s"], [f"{o}/rows"]),
+        helper.make_node("Concat", [f"{x}/lead", f"{o}/n"], [f"{o}/shape"], axis=0),
+        helper.make_node("Reshape", [f"{o}/rows", f"{o}/shape"], [node.output[0]],
+                         name=node.name),
     ]
