@@ -244,7 +244,8 @@ def export_model(settings: EmbedderSettings, *, data_dir: Path) -> ExportedModel
     """
     source = local_model_dir(settings.model)
     quantize = quantized(settings)
-    key = export_key(source, quantize=quantize, reduce_range=quantize and not _has_vnni())
+    reduce_range = quantize and not _has_vnni()
+    key = export_key(source, quantize=quantize, reduce_range=reduce_range)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", settings.model.removeprefix("bundled:"))[-48:]
     target = data_dir / "models" / "onnx" / f"{slug}-{'int8' if quantize else 'float32'}-{key[:16]}"
     cached = _read_cached(target, source=source)
@@ -252,8 +253,7 @@ def export_model(settings: EmbedderSettings, *, data_dir: Path) -> ExportedModel
         return cached
     log.info("exporting embedder %s to ONNX (%s) at %s", settings.model,
              "int8" if quantize else "float32", target.with_suffix(".onnx"))
-    meta = _export(source, target.with_suffix(".onnx"), quantize=quantize,
-                   reduce_range=quantize and not _has_vnni())
+    meta = _export(source, target.with_suffix(".onnx"), quantize=quantize, reduce_range=reduce_range)
     _write_atomically(target.with_suffix(".json"), json.dumps(meta, indent=2).encode())
     cached = _read_cached(target, source=source)
     if cached is None:

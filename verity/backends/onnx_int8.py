@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-# 254 steps, not 255: x/s - round(min/s) then stays within 0..254.5, which rounds into uint8.
+# 254 steps, not 255: round(x/s) + z then stays within 0..254 (up to 254.5 before rounding)
+# without leaning on QuantizeLinear's saturation at 255.
 _STEPS = 254
 
 
