@@ -29,8 +29,7 @@ sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from ingest.beir import load_beir_corpus  # noqa: E402
 from ingest.splitter import TokenSplitter, embedding_text  # noqa: E402
-from verity.backends.embedders import build_embedder  # noqa: E402
-from verity.backends.onnx_embedder import export_model  # noqa: E402
+from verity.backends.onnx_embedder import OnnxEmbedder  # noqa: E402
 from verity.core.settings import ChunkingSettings, EmbedderSettings, default_data_dir  # noqa: E402
 
 ATTENTION = {"FusedMatMul", "MatMul", "Softmax", "Transpose", "Add", "Reshape"}
@@ -66,8 +65,8 @@ def kind(op: str, name: str) -> str:
     return f"other {op}"
 
 
-def profile(model: Path, feeds: list[dict[str, np.ndarray]]) -> collections.Counter[str]:
-    """Microseconds of kernel time by kind over one run of every feed."""
+def profile(model: Path, encodings: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Milliseconds of kernel time a run, by kind, over one run of every encoded text."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -76,16 +75,17 @@ def profile(model: Path, feeds: list[dict[str, np.ndarray]]) -> collections.Coun
     with tempfile.TemporaryDirectory(prefix="verity-profile-") as tmp:
         options.profile_file_prefix = f"{tmp}/run"
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        for feed in feeds[:4]:  # warm up; these runs are counted too, as every run is
-            session.run(None, feed)
-        for feed in feeds:
+        names = [i.name for i in session.get_inputs()]
+        feeds = [{name: encoded[name].astype(np.int64) for name in names} for encoded in encodings]
+        runs = feeds[:4] + feeds  # a few first to warm up; the profiler counts every run
+        for feed in runs:
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             totals[kind(event["args"]["op_name"], event["name"])] += event["dur"]
-    return totals
+    return {name: micros / len(runs) / 1000 for name, micros in totals.most_common()}
 
 
 def main() -> None:
@@ -98,29 +98,24 @@ def main() -> None:
     parser.add_argument("--measured", type=float, help="docs/s ingestion measured at today's cost")
     parser.add_argument("--target", type=float, help="docs/s wanted")
     args = parser.parse_args()
-    settings = EmbedderSettings(backend="onnx", precision="int8")
-    exported = export_model(settings, data_dir=args.data_dir)
-    tokenizer = build_embedder(settings, data_dir=args.data_dir).tokenizer
+    embedder = OnnxEmbedder(EmbedderSettings(backend="onnx", precision="int8"), data_dir=args.data_dir)
+    tokenizer = embedder.tokenizer
     texts = chunk_texts(args.data, tokenizer, docs=args.docs, chunks=args.chunks)
-    feeds = []
-    for text in texts:
-        encoded = tokenizer([text], truncation=True, max_length=exported.max_seq_length,
-                            return_tensors="np")
-        feeds.append({name: np.asarray(encoded[name], dtype=np.int64) for name in exported.inputs})
-    totals = profile(exported.path, feeds)
-    runs = len(feeds) + min(4, len(feeds))
-    tokens = np.mean([f["input_ids"].shape[1] for f in feeds])
-    whole = sum(totals.values()) / runs / 1000
-    print(f"{len(feeds)} chunks, {tokens:.1f} tokens each on average, one thread, {exported.path.name}")
-    for name, micros in totals.most_common():
-        print(f"  {name:<40} {micros / runs / 1000:6.2f} ms  {micros / sum(totals.values()):6.1%}")
+    encodings = [tokenizer([text], truncation=True, max_length=embedder.max_tokens, return_tensors="np")
+                 for text in texts]
+    ms = profile(embedder.artifact, encodings)
+    whole = sum(ms.values())
+    tokens = np.mean([e["input_ids"].shape[1] for e in encodings])
+    print(f"{len(texts)} chunks, {tokens:.1f} tokens each on average, one thread, {embedder.artifact.name}")
+    for name, took in ms.items():
+        print(f"  {name:<40} {took:6.2f} ms  {took / whole:6.1%}")
     print(f"  {'all kernels':<40} {whole:6.2f} ms")
     if args.measured and args.target:
-        budget = whole * args.measured / args.target
-        floor = sum(v for k, v in totals.items() if k == "int8 products" or k.startswith("attention"))
-        print(f"{args.target:g} docs/s at the cost that gave {args.measured:g} needs {budget:.2f} ms a "
-              f"chunk; the integer and attention kernels alone take {floor / runs / 1000:.2f} ms")
-
+        floor = sum(took for name, took in ms.items()
+                    if name == "int8 products" or name.startswith("attention"))
+        print(f"{args.target:g} docs/s at the cost that gave {args.measured:g} needs "
+              f"{whole * args.measured / args.target:.2f} ms a chunk; the integer and attention "
+              f"kernels alone take {floor:.2f} ms")
 
 if __name__ == "__main__":
     main()
